@@ -1,0 +1,1 @@
+"""Deep-metric-learning building blocks: losses, identity-balanced sampling, camera augmentation."""
