@@ -1,0 +1,175 @@
+"""Contracts between the loop and its plugins: faces, matches and the four component kinds.
+
+A plugin supplies a component by subclassing one of :class:`Detector`,
+:class:`Encoder`, :class:`Matcher` or :class:`Actuator`, giving it a unique
+``name`` and, when it takes settings, its own strict ``Options`` model. The
+config picks components by name and passes each its options section.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from gate.context import Context
+    from gate.events import AccessEvent
+
+#: Landmark schemes a detector may report. ``yunet5``: the subject's right eye,
+#: left eye, nose tip, right mouth corner, left mouth corner. ``dlib5``: the
+#: order of dlib's 5-point shape predictor (two corners of each eye, nose base).
+LandmarkScheme = Literal["yunet5", "dlib5"]
+
+
+@dataclass(frozen=True, eq=False)
+class Face:
+    """A face found in an image: box ``(x, y, w, h)`` in pixels, score and landmarks."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: np.ndarray | None = None
+    scheme: LandmarkScheme = "yunet5"
+
+    @property
+    def size(self) -> float:
+        """The shorter side of the box, in pixels."""
+        return float(min(self.box[2], self.box[3]))
+
+    def shifted(self, dx: float, dy: float, scale: float = 1.0) -> Face:
+        """This face in another image: ``(p - (dx, dy)) * scale`` for every point."""
+        x, y, w, h = self.box
+        box = ((x - dx) * scale, (y - dy) * scale, w * scale, h * scale)
+        marks = None
+        if self.landmarks is not None:
+            marks = ((self.landmarks - np.array([dx, dy], np.float32)) * scale).astype(np.float32)
+        return Face(box, self.score, marks, self.scheme)
+
+
+MatchStatus = Literal["match", "unknown", "ambiguous"]
+
+
+@dataclass(frozen=True)
+class Match:
+    """What a matcher says of one embedding.
+
+    ``person_id`` is set only for ``status == "match"``. ``candidate_id`` is the
+    nearest enrolled person whatever the status, ``distance`` the distance to
+    that person's nearest template and ``margin`` how much farther the nearest
+    *other* person is (``inf`` with a single person enrolled).
+    """
+
+    status: MatchStatus
+    person_id: int | None
+    candidate_id: int | None
+    distance: float
+    margin: float
+
+
+@dataclass(frozen=True)
+class UnlockCommand:
+    """An order to open one door, valid until ``expires_at`` (epoch seconds)."""
+
+    door: str
+    person: str | None
+    person_id: int | None
+    distance: float | None
+    event_id: int | None
+    issued_at: float
+    expires_at: float
+    reason: str = "granted"
+    action: str = "unlock"
+
+    def expired(self, now: float) -> bool:
+        """True once the command must no longer be sent."""
+        return now >= self.expires_at
+
+    def to_json(self) -> str:
+        """The command as the JSON payload controllers receive."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+class StrictOptions(BaseModel):
+    """Base for every component's options: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Component:
+    """Common ground of every pluggable part."""
+
+    kind: ClassVar[str] = "component"
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    description: ClassVar[str] = ""
+    Options: ClassVar[type[StrictOptions]] = StrictOptions
+
+    def __init__(self, options: StrictOptions | None = None, context: Context | None = None):
+        self.options = options if options is not None else self.Options()
+        self.context = context
+
+    def close(self) -> None:
+        """Release what the component holds (threads, sockets, models)."""
+
+
+class Detector(Component):
+    """Finds faces in a BGR ``uint8`` image of shape ``(H, W, 3)``."""
+
+    kind = "detector"
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        raise NotImplementedError
+
+
+class Encoder(Component):
+    """Turns faces into embeddings.
+
+    ``space`` names the embedding space: templates made by any encoder of the
+    same space can be compared (a port that reproduces another encoder shares
+    its space). ``threshold`` is the default Euclidean match distance.
+    """
+
+    kind = "encoder"
+    dim: ClassVar[int] = 0
+    space: ClassVar[str] = ""
+    threshold: ClassVar[float] = 0.6
+
+    def encode(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        """Embeddings ``(len(faces), dim)`` float32 for the faces of one image."""
+        raise NotImplementedError
+
+
+class Matcher(Component):
+    """Says which enrolled person, if any, an embedding belongs to."""
+
+    kind = "matcher"
+
+    def fit(self, embeddings: np.ndarray, person_ids: np.ndarray) -> None:
+        """Load every template: ``embeddings`` ``(T, dim)``, ``person_ids`` ``(T,)``."""
+        raise NotImplementedError
+
+    def match(self, embeddings: np.ndarray, *, threshold: float, min_margin: float) -> list[Match]:
+        """One :class:`Match` per row of ``embeddings``; unknown when in doubt."""
+        raise NotImplementedError
+
+
+class Actuator(Component):
+    """Carries unlock commands and decisions out of gate."""
+
+    kind = "actuator"
+    #: whether :meth:`unlock` really delivers (counts towards an event's ``delivered``)
+    delivers: ClassVar[bool] = True
+
+    def start(self) -> None:
+        """Connect; called once before the first frame."""
+
+    def unlock(self, command: UnlockCommand) -> bool:
+        """Send ``command``; True only when delivery is confirmed in time."""
+        raise NotImplementedError
+
+    def announce(self, event: AccessEvent) -> None:
+        """Publish a decision (granted or denied) for observers."""

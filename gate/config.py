@@ -1,0 +1,209 @@
+"""gate's settings: strict models, loaded from TOML, with errors that name file and key.
+
+gate runs with no config file at all: every field has a default. A file is
+looked for in ``--config``, then ``$GATE_CONFIG``, then ``gate.toml`` in the
+user's config directory. Secrets may come from the environment
+(``GATE_MQTT_PASSWORD``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from gate.errors import ConfigError
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class PipelineConfig(Section):
+    """Which components run, by the names their plugins registered."""
+
+    detector: str = Field("yunet", description="Face detector.")
+    encoder: str = Field("dlib", description="Face encoder (face -> embedding).")
+    matcher: str = Field("nearest", description="Matcher (embedding -> person).")
+    actuators: list[str] = Field(
+        default_factory=lambda: ["mqtt", "log"], description="Active actuators, in order."
+    )
+
+
+class RecognitionConfig(Section):
+    """When an embedding counts as an enrolled person."""
+
+    threshold: float | None = Field(
+        None, gt=0, le=4, description="Largest match distance; empty for the encoder's default."
+    )
+    min_margin: float = Field(
+        0.04, ge=0, le=4, description="Nearest other person must be this much farther."
+    )
+
+
+class DecisionConfig(Section):
+    """How matches over frames become grants and denials."""
+
+    confirm_frames: int = Field(3, ge=1, le=100, description="N: wins needed in the window.")
+    window_frames: int = Field(5, ge=1, le=100, description="M: frames in the window.")
+    cooldown_s: float = Field(5.0, ge=0, le=3600, description="No new grant at a door for this.")
+    unknown_interval_s: float = Field(
+        10.0, ge=0, le=3600, description="At most one logged denial per door in this time."
+    )
+    unlock_ttl_s: float = Field(
+        2.0, gt=0, le=60, description="An unlock not delivered within this is dropped."
+    )
+    snapshots: bool = Field(True, description="Keep a JPEG of the face with each event.")
+
+    @model_validator(mode="after")
+    def _window_holds_confirmations(self) -> DecisionConfig:
+        if self.confirm_frames > self.window_frames:
+            raise ValueError(
+                f"confirm_frames ({self.confirm_frames}) must not exceed "
+                f"window_frames ({self.window_frames})"
+            )
+        return self
+
+
+class EnrollmentConfig(Section):
+    """What a photo must show to be enrolled."""
+
+    min_face_px: int = Field(64, ge=16, le=4096, description="Shorter side of the face box.")
+    min_sharpness: float = Field(
+        25.0, ge=0, description="Least variance of the Laplacian on the face at 112 px."
+    )
+
+
+class MqttConfig(Section):
+    """The broker gate talks to; no host means an embedded broker on loopback."""
+
+    host: str | None = Field(None, description="Broker host; empty starts an embedded broker.")
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = Field(None, description="Or set GATE_MQTT_PASSWORD.")
+    tls: bool = False
+    ca_certs: Path | None = None
+    client_id: str = Field("gate", min_length=1, max_length=64)
+    topic_prefix: str = Field("gate", min_length=1, pattern=r"^[^#+]+$")
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    ack_timeout_s: float = Field(1.0, gt=0, le=30, description="Wait this long for a PUBACK.")
+
+    @model_validator(mode="after")
+    def _password_from_env(self) -> MqttConfig:
+        if self.password is None and os.environ.get("GATE_MQTT_PASSWORD"):
+            self.password = SecretStr(os.environ["GATE_MQTT_PASSWORD"])
+        return self
+
+
+class CaptureConfig(Section):
+    """How frames are read from a source."""
+
+    queue_size: int = Field(2, ge=1, le=64, description="Frames waiting; the oldest drops.")
+    reopen_min_s: float = Field(0.5, gt=0, le=60, description="First wait before reopening.")
+    reopen_max_s: float = Field(30.0, gt=0, le=3600, description="Longest wait between tries.")
+    max_reopen_attempts: int = Field(
+        0, ge=0, description="Give up after this many failed reopenings; 0 tries for ever."
+    )
+
+
+class DoorConfig(Section):
+    """One door or turnstile."""
+
+    source: str | None = Field(None, description="Camera index, URL, video file or folder.")
+
+
+class GateConfig(Section):
+    """The whole configuration."""
+
+    database: Path | None = Field(None, description="SQLite file; default in the data dir.")
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    recognition: RecognitionConfig = Field(default_factory=RecognitionConfig)
+    decision: DecisionConfig = Field(default_factory=DecisionConfig)
+    enrollment: EnrollmentConfig = Field(default_factory=EnrollmentConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    capture: CaptureConfig = Field(default_factory=CaptureConfig)
+    doors: dict[str, DoorConfig] = Field(default_factory=lambda: {"front": DoorConfig()})
+    detectors: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    encoders: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    matchers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    actuators: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    #: where this config came from, for error messages (not a setting)
+    _origin: str = PrivateAttr("defaults")
+
+    @field_validator("doors")
+    @classmethod
+    def _door_names(cls, doors: dict[str, DoorConfig]) -> dict[str, DoorConfig]:
+        for name in doors:
+            if not name or any(c in name for c in "/#+ "):
+                raise ValueError(f"door name {name!r} may not be empty or hold '/', '#', '+', ' '")
+        return doors
+
+
+def describe_errors(error: ValidationError, origin: str, prefix: str = "") -> str:
+    """One line per problem: ``origin: key.path: message``."""
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif item["type"] == "value_error":
+            message = message.removeprefix("Value error, ")
+        elif item["type"] != "missing":
+            message = f"{message} (got {item['input']!r})"
+        lines.append(f"{origin}: {key or '(top level)'}: {message}")
+    return "\n".join(lines)
+
+
+def default_config_path() -> Path:
+    """``gate.toml`` in the user's config directory."""
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("gate")) / "gate.toml"
+
+
+def load_config(path: str | Path | None = None) -> GateConfig:
+    """Read and validate a config file; defaults when there is none to read."""
+    explicit = path is not None or bool(os.environ.get("GATE_CONFIG"))
+    chosen = Path(path or os.environ.get("GATE_CONFIG") or default_config_path())
+    if not chosen.exists():
+        if explicit:
+            raise ConfigError(f"{chosen}: no such config file")
+        return GateConfig()
+    try:
+        data = tomllib.loads(chosen.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{chosen}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{chosen}: invalid TOML: {exc}") from None
+    return parse_config(data, origin=str(chosen))
+
+
+def parse_config(data: dict[str, Any], origin: str = "config") -> GateConfig:
+    """Validate a config given as a dict (as TOML would load it)."""
+    try:
+        config = GateConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc, origin)) from None
+    config._origin = origin
+    return config
+
+
+def config_origin(config: GateConfig) -> str:
+    """The file a config was read from, or ``defaults``."""
+    return config._origin

@@ -1,0 +1,43 @@
+"""What components share at run time: the config and the MQTT link (with its broker)."""
+
+from __future__ import annotations
+
+import logging
+
+from gate.config import GateConfig
+from gate.mqtt import MqttLink
+
+logger = logging.getLogger("gate")
+
+
+class Context:
+    """Shared services, created on first use and closed together."""
+
+    def __init__(self, config: GateConfig):
+        self.config = config
+        self._link: MqttLink | None = None
+        self._broker = None
+
+    def mqtt_link(self) -> MqttLink:
+        """The MQTT link, connecting in the background; starts the embedded broker if needed."""
+        if self._link is None:
+            mqtt = self.config.mqtt
+            host = mqtt.host
+            if host is None:
+                from gate.broker import EmbeddedBroker
+
+                host = "127.0.0.1"
+                self._broker = EmbeddedBroker(host, mqtt.port).start()
+                logger.info("no MQTT broker configured: embedded broker on %s:%s", host, mqtt.port)
+            self._link = MqttLink(mqtt, host, mqtt.port)
+            self._link.start()
+        return self._link
+
+    def close(self) -> None:
+        """Disconnect MQTT (saying ``offline``) and stop the embedded broker."""
+        if self._link is not None:
+            self._link.stop()
+            self._link = None
+        if self._broker is not None:
+            self._broker.stop()
+            self._broker = None

@@ -1,0 +1,64 @@
+"""From per-frame matches to decisions: N of the last M frames, cooldown, rate-limited denials.
+
+Pure logic with an injectable clock, so it is tested without cameras or time.
+Unknown or uncertain never grants: only a ``match`` counts towards a grant.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from gate.config import DecisionConfig
+from gate.pipeline import Recognition
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A decision to log (and, when granted, to act on)."""
+
+    decision: str
+    reason: str
+    recognition: Recognition
+
+
+class DoorDecider:
+    """Keeps the recent frames of one door and says when to grant or deny."""
+
+    def __init__(self, settings: DecisionConfig):
+        self.settings = settings
+        self._wins: deque[frozenset[int]] = deque(maxlen=settings.window_frames)
+        self._doubts: deque[bool] = deque(maxlen=settings.window_frames)
+        self._cooldown_until = float("-inf")
+        self._next_denial = float("-inf")
+
+    def observe(self, recognitions: list[Recognition], now: float) -> list[Outcome]:
+        """Take one frame's recognitions (``now`` in monotonic seconds); return decisions."""
+        best: dict[int, Recognition] = {}
+        doubtful: Recognition | None = None
+        for rec in recognitions:
+            match = rec.match
+            if match is not None and match.status == "match" and match.person_id is not None:
+                held = best.get(match.person_id)
+                if held is None or match.distance < held.match.distance:
+                    best[match.person_id] = rec
+            elif doubtful is None or rec.face.size > doubtful.face.size:
+                doubtful = rec
+        self._wins.append(frozenset(best))
+        self._doubts.append(doubtful is not None)
+
+        outcomes: list[Outcome] = []
+        need = self.settings.confirm_frames
+        if now >= self._cooldown_until:
+            confirmed = [p for p in best if sum(p in won for won in self._wins) >= need]
+            if confirmed:
+                person = min(confirmed, key=lambda p: best[p].match.distance)
+                outcomes.append(Outcome("granted", "granted", best[person]))
+                self._cooldown_until = now + self.settings.cooldown_s
+                self._wins.clear()
+        if doubtful is not None and sum(self._doubts) >= need and now >= self._next_denial:
+            reason = doubtful.match.status if doubtful.match else "unknown"
+            outcomes.append(Outcome("denied", reason, doubtful))
+            self._next_denial = now + self.settings.unknown_interval_s
+            self._doubts.clear()
+        return outcomes

@@ -1,0 +1,48 @@
+"""Access decisions as gate logs and publishes them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+Decision = Literal["granted", "denied"]
+
+#: Why a decision went the way it did.
+REASONS = {
+    "granted": "an enrolled person was confirmed",
+    "unknown": "the face matches nobody enrolled",
+    "ambiguous": "the face is too close to two enrolled people",
+    "manual": "unlocked by hand",
+}
+
+
+def utc_iso(ts: float) -> str:
+    """Epoch seconds as an ISO 8601 UTC string with milliseconds (sorts as text)."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@dataclass
+class AccessEvent:
+    """One decision at one door, as stored in the ``events`` table."""
+
+    time: str
+    door: str
+    decision: Decision
+    reason: str
+    person_id: int | None = None
+    person: str | None = None
+    distance: float | None = None
+    margin: float | None = None
+    latency_ms: float | None = None
+    delivered: bool | None = None
+    snapshot: bytes | None = None
+    id: int | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The event without its snapshot, for JSON output and MQTT."""
+        data = asdict(self)
+        data.pop("snapshot")
+        if data["margin"] == float("inf"):
+            data["margin"] = None
+        return data

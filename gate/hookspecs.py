@@ -1,0 +1,76 @@
+"""Every hook a gate plugin may implement.
+
+A plugin is a module (or object) with functions decorated by ``gate.hookimpl``.
+Built-in plugins live in ``gate_plugins`` and are registered exactly like
+third-party ones, which load from the ``gate`` entry-point group.
+
+Hooks only grow by new arguments; an implementation may accept any subset of a
+hook's arguments, by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from gate.components import Actuator, Detector, Encoder, Matcher
+    from gate.events import AccessEvent
+
+hookspec = pluggy.HookspecMarker("gate")
+hookimpl = pluggy.HookimplMarker("gate")
+
+
+@hookspec
+def register_detectors(register: Callable[[type[Detector]], None]) -> None:
+    """Offer face detectors: call ``register(DetectorClass)`` once per class.
+
+    Called once when the plugin manager is built. Every answer is kept; a name
+    that two plugins register is an error, never a silent override.
+    """
+
+
+@hookspec
+def register_encoders(register: Callable[[type[Encoder]], None]) -> None:
+    """Offer face encoders (face -> embedding): call ``register(EncoderClass)``.
+
+    Same rules as :func:`register_detectors`.
+    """
+
+
+@hookspec
+def register_matchers(register: Callable[[type[Matcher]], None]) -> None:
+    """Offer matchers (embedding -> enrolled person or unknown).
+
+    Same rules as :func:`register_detectors`.
+    """
+
+
+@hookspec
+def register_actuators(register: Callable[[type[Actuator]], None]) -> None:
+    """Offer actuators, which carry unlock commands and decisions to the world.
+
+    Same rules as :func:`register_detectors`. The config lists which are active.
+    """
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add commands or groups to the ``gate`` command line.
+
+    Called once when the CLI starts, with the top-level click group.
+    """
+
+
+@hookspec
+def access_decided(event: AccessEvent) -> None:
+    """Observe every access decision, after it is logged and acted on.
+
+    A broadcast: every implementation is called; return values are ignored and
+    an exception in one observer is logged, never allowed to change the
+    decision. ``event.id`` is the row id in the events table.
+    """

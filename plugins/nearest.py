@@ -1,0 +1,67 @@
+"""Matcher ``nearest``: the nearest template over everyone enrolled, open-set, with a margin."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gate import hookimpl
+from gate.components import Match, Matcher
+
+
+class NearestMatcher(Matcher):
+    """Distances to all templates in one matrix product; per person, the nearest template.
+
+    A face matches when its nearest person is within ``threshold`` and the
+    next-nearest *other* person is at least ``min_margin`` farther; within the
+    threshold but without that margin it is ``ambiguous``, otherwise ``unknown``.
+    """
+
+    name = "nearest"
+    description = "nearest template, open-set threshold and margin to the runner-up"
+
+    def __init__(self, options=None, context=None):
+        super().__init__(options, context)
+        self.fit(np.zeros((0, 0), np.float32), np.zeros(0, np.int64))
+
+    def fit(self, embeddings: np.ndarray, person_ids: np.ndarray) -> None:
+        order = np.argsort(person_ids, kind="stable")
+        self._templates = np.ascontiguousarray(embeddings[order], dtype=np.float32)
+        ids = np.asarray(person_ids)[order]
+        self._people, self._starts = np.unique(ids, return_index=True)
+        self._sq = (self._templates.astype(np.float64) ** 2).sum(axis=1)
+
+    def match(self, embeddings: np.ndarray, *, threshold: float, min_margin: float) -> list[Match]:
+        queries = np.asarray(embeddings, np.float32).reshape(len(embeddings), -1)
+        if len(queries) == 0:
+            return []
+        if len(self._people) == 0:
+            return [Match("unknown", None, None, float("inf"), float("inf")) for _ in queries]
+        q = queries.astype(np.float64)
+        cross = q @ self._templates.T.astype(np.float64)
+        sq = (q**2).sum(axis=1, keepdims=True) + self._sq[None, :] - 2.0 * cross
+        distances = np.sqrt(np.maximum(sq, 0.0))
+        per_person = np.minimum.reduceat(distances, self._starts, axis=1)
+        best = per_person.argmin(axis=1)
+        rows = np.arange(len(queries))
+        nearest = per_person[rows, best]
+        if per_person.shape[1] > 1:
+            runner_up = np.partition(per_person, 1, axis=1)[:, 1]
+        else:
+            runner_up = np.full(len(queries), np.inf)
+        out = []
+        for i in range(len(queries)):
+            candidate = int(self._people[best[i]])
+            distance, margin = float(nearest[i]), float(runner_up[i] - nearest[i])
+            if distance > threshold or not np.isfinite(distance):
+                status, person = "unknown", None
+            elif margin < min_margin:
+                status, person = "ambiguous", None
+            else:
+                status, person = "match", candidate
+            out.append(Match(status, person, candidate, distance, margin))
+        return out
+
+
+@hookimpl
+def register_matchers(register):
+    register(NearestMatcher)
