@@ -1,9 +1,10 @@
 """Frame sources (camera, stream, video file, image folder) and the capture thread.
 
-Capture never waits for recognition on a live source: frames go into a bounded
-queue that drops the oldest and counts the drops. A video file, unless played
-in real time, is read no faster than it is processed, so every frame counts.
-A live source that fails is reopened with exponential backoff.
+Capture never waits for recognition on a live source (or a file played in real
+time): a thread reads frames into a bounded queue that drops the oldest and
+counts the drops. Any other file is read when the loop asks for its next frame,
+so every frame is processed and none waits in a queue. A live source that
+fails is reopened with exponential backoff.
 """
 
 from __future__ import annotations
@@ -26,12 +27,18 @@ logger = logging.getLogger("gate.capture")
 
 @dataclass(frozen=True)
 class Frame:
-    """One captured image with its capture time (epoch and monotonic seconds)."""
+    """One captured image with its capture time (epoch and monotonic seconds).
+
+    ``clock`` is the time decisions count in: monotonic seconds for a live
+    source, the position in the video for a file (so cooldowns and N-of-M mean
+    the same at any processing speed), one second per image for a folder.
+    """
 
     image: np.ndarray
     index: int
     captured_at: float
     captured_mono: float
+    clock: float
 
 
 class Source:
@@ -89,6 +96,8 @@ class VideoSource(Source):
 class FolderSource(Source):
     """Every image in a folder, in name order; unreadable files are skipped."""
 
+    fps = 1.0
+
     def open(self) -> None:
         self._paths = iter(list_images(Path(self.spec)))
 
@@ -124,31 +133,46 @@ END = None  # what the queue carries once the source is finished
 
 
 class Capture:
-    """Reads a source in its own thread into a bounded queue."""
+    """Hands out frames: from a capture thread and bounded queue, or read on demand."""
 
     def __init__(self, source: Source, settings: CaptureConfig, realtime: bool = False):
         self.source = source
         self.settings = settings
         self.realtime = realtime
-        self.dropping = source.live or realtime
+        self.threaded = source.live or realtime
         self.frames: queue.Queue[Frame | None] = queue.Queue(maxsize=settings.queue_size)
         self.dropped = 0
         self.reopened = 0
         self.error: str | None = None
         self.stop_event = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gate-capture", daemon=True)
+        self._index = 0
 
     def start(self) -> Capture:
-        self._thread.start()
+        if self.threaded:
+            self._thread.start()
         return self
+
+    def next(self, timeout: float = 0.2) -> Frame | None:
+        """The next frame; END at the end; raises ``queue.Empty`` after ``timeout``."""
+        if self.threaded:
+            return self.frames.get(timeout=timeout)
+        image = self.source.read()
+        return END if image is None else self._frame(image)
+
+    def _frame(self, image: np.ndarray) -> Frame:
+        index, now = self._index, time.monotonic()
+        self._index += 1
+        clock = now if self.source.live else index / (self.source.fps or 1.0)
+        return Frame(image, index, time.time(), now, clock)
 
     def stop(self) -> None:
         self.stop_event.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         self.source.close()
 
     def _run(self) -> None:
-        index = 0
         pace = 1.0 / self.source.fps if self.realtime and self.source.fps > 0 else 0.0
         next_at = time.monotonic()
         try:
@@ -163,8 +187,7 @@ class Capture:
                     delay = next_at - time.monotonic()
                     if delay > 0 and self.stop_event.wait(delay):
                         break
-                self._put(Frame(image, index, time.time(), time.monotonic()))
-                index += 1
+                self._put(self._frame(image))
         except Exception as exc:  # a source that raises ends capture, with the reason kept
             self.error = f"{type(exc).__name__}: {exc}"
             logger.error("capture failed: %s", self.error)
@@ -172,15 +195,14 @@ class Capture:
             self._put(END)
 
     def _put(self, item: Frame | None) -> None:
-        """Queue a frame (or END): wait on a file, drop the oldest on a live source."""
+        """Queue a frame, dropping the oldest when full; END waits for room unless stopping."""
         while True:
-            if not self.dropping or item is END:
+            if item is END and not self.stop_event.is_set():
                 try:
                     self.frames.put(item, timeout=0.1)
                     return
                 except queue.Full:
-                    if not self.stop_event.is_set():
-                        continue
+                    continue
             try:
                 self.frames.put_nowait(item)
                 return

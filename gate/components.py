@@ -90,7 +90,10 @@ class UnlockCommand:
 
     def to_json(self) -> str:
         """The command as the JSON payload controllers receive."""
-        return json.dumps(asdict(self), sort_keys=True)
+        data = asdict(self)
+        if data["distance"] is not None:
+            data["distance"] = round(data["distance"], 4)
+        return json.dumps(data, sort_keys=True)
 
 
 class StrictOptions(BaseModel):

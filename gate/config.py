@@ -62,7 +62,7 @@ class DecisionConfig(Section):
     window_frames: int = Field(5, ge=1, le=100, description="M: frames in the window.")
     cooldown_s: float = Field(5.0, ge=0, le=3600, description="No new grant at a door for this.")
     unknown_interval_s: float = Field(
-        10.0, ge=0, le=3600, description="At most one logged denial per door in this time."
+        5.0, ge=0, le=3600, description="At most one logged denial per door in this time."
     )
     unlock_ttl_s: float = Field(
         2.0, gt=0, le=60, description="An unlock not delivered within this is dropped."

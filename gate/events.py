@@ -43,6 +43,7 @@ class AccessEvent:
         """The event without its snapshot, for JSON output and MQTT."""
         data = asdict(self)
         data.pop("snapshot")
-        if data["margin"] == float("inf"):
-            data["margin"] = None
+        for key in ("distance", "margin"):
+            value = data[key]
+            data[key] = None if value is None or value == float("inf") else round(value, 4)
         return data

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from functools import cache
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np

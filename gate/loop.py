@@ -85,7 +85,7 @@ class DoorLoop:
         try:
             while not self.stop.is_set():
                 try:
-                    frame = capture.frames.get(timeout=0.2)
+                    frame = capture.next(timeout=0.2)
                 except queue.Empty:
                     continue
                 if frame is END:
@@ -101,7 +101,7 @@ class DoorLoop:
     def process(self, frame: Frame) -> list[AccessEvent]:
         """Recognise, decide and act on one frame."""
         recognitions = self.pipeline.recognise(frame.image)
-        outcomes = self.decider.observe(recognitions, time.monotonic())
+        outcomes = self.decider.observe(recognitions, frame.clock)
         self.stats.frames += 1
         self.stats.latencies_ms.append((time.monotonic() - frame.captured_mono) * 1000.0)
         return [self._act(outcome, frame) for outcome in outcomes]

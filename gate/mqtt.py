@@ -33,6 +33,7 @@ class MqttLink:
         self.prefix = config.topic_prefix.rstrip("/")
         self.availability_topic = f"{self.prefix}/status"
         self._connected = threading.Event()
+        self._stopping = False
         self._handlers: dict[str, MessageHandler] = {}
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
@@ -72,6 +73,7 @@ class MqttLink:
 
     def stop(self) -> None:
         """Say ``offline`` (retained), disconnect and end the network thread."""
+        self._stopping = True
         if self.connected:
             info = self._client.publish(self.availability_topic, "offline", qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):
@@ -91,7 +93,7 @@ class MqttLink:
         self._connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if self._connected.is_set():
+        if self._connected.is_set() and not self._stopping:
             logger.warning("MQTT connection lost (%s); reconnecting", reason_code)
         self._connected.clear()
 
