@@ -104,6 +104,7 @@ def cli(ctx: click.Context, config_path: str | None, db_path: str | None, verbos
     app = App(config_path, db_path)
     ctx.obj = app
     ctx.call_on_close(app.close)
+    _ = app.config  # a broken config is reported by every command, not only those reading it
 
 
 # enrollment and people -------------------------------------------------------
@@ -172,9 +173,14 @@ def enroll(app: App, name, images, from_folder, skip_refused) -> None:
             skipped = len(result.accepted) - result.added
             note = f" ({skipped} already enrolled)" if skipped else ""
             click.echo(f"enrolled {result.name}: {result.added} photo(s){note}")
-        else:
-            failed = True
-            click.echo(f"not enrolled {result.name}: nothing stored", err=True)
+            continue
+        failed = True
+        if result.accepted:
+            click.echo(
+                f"nothing stored for {result.name}: {len(result.accepted)} photo(s) passed; "
+                "fix or remove the refused ones, or use --skip-refused",
+                err=True,
+            )
     if failed:
         sys.exit(1)
 

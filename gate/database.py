@@ -129,12 +129,14 @@ class GateDB:
                 person_id = person["id"]
             added = 0
             for template in templates:
+                vector = np.asarray(template.embedding, dtype="<f4")
+                if vector.ndim != 1 or not vector.size or not np.isfinite(vector).all():
+                    raise StoreError(f"{template.source_name}: not a finite 1-D embedding")
                 if self.db["templates"].count_where(
                     "person_id = ? and source_sha256 = ? and encoder = ?",
                     [person_id, template.source_sha256, template.encoder],
                 ):
                     continue
-                vector = np.ascontiguousarray(template.embedding, dtype="<f4")
                 self.db["templates"].insert(
                     {
                         "person_id": person_id,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gate.database import GateDB, Template
 from gate.errors import ImageError
-from gate.images import encode_png, face_region, face_to_json, read_image, sharpness
+from gate.images import encode_jpeg, face_region, face_to_json, read_image, sharpness
 from gate.pipeline import Pipeline
 
 
@@ -45,7 +45,7 @@ def examine(pipeline: Pipeline, path: str | Path) -> Template | Refusal:
         )
     encoder = pipeline.encoder
     vector = encoder.encode(image.pixels, [face])[0]
-    crop, crop_face = face_region(image.pixels, face)
+    crop, crop_face = face_region(image.pixels, face, pad=0.6, face_px=300)
     return Template(
         embedding=vector,
         encoder=encoder.name,
@@ -55,7 +55,7 @@ def examine(pipeline: Pipeline, path: str | Path) -> Template | Refusal:
         source_name=image.name,
         face_size=face.size,
         quality=sharp,
-        face_crop=encode_png(crop),
+        face_crop=encode_jpeg(crop, quality=95),
         crop_face=face_to_json(crop_face),
     )
 

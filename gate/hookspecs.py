@@ -70,7 +70,8 @@ def register_commands(cli: click.Group) -> None:
 def access_decided(event: AccessEvent) -> None:
     """Observe every access decision, after it is logged and acted on.
 
-    A broadcast: every implementation is called; return values are ignored and
-    an exception in one observer is logged, never allowed to change the
-    decision. ``event.id`` is the row id in the events table.
+    A broadcast: every implementation is called, each on its own, so an
+    exception in one observer is logged and neither stops the others nor
+    changes the decision. Return values are ignored. ``event.id`` is the row id
+    in the events table.
     """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 from dataclasses import dataclass
 from functools import cache
@@ -19,6 +20,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".p
 @cache
 def cv2():
     """OpenCV, imported on first use with its warnings kept quiet."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg quiet: we report errors
     import cv2 as _cv2
 
     _cv2.utils.logging.setLogLevel(_cv2.utils.logging.LOG_LEVEL_ERROR)
@@ -37,9 +39,9 @@ class LoadedImage:
 def _looks_truncated(data: bytes) -> str | None:
     """Catch truncation that some decoders forgive: a JPEG without its end marker."""
     if data[:3] == b"\xff\xd8\xff" and b"\xff\xd9" not in data[-64:]:
-        return "truncated JPEG (no end-of-image marker)"
+        return "truncated or corrupt JPEG (no end-of-image marker)"
     if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-32:]:
-        return "truncated PNG (no IEND chunk)"
+        return "truncated or corrupt PNG (no IEND chunk)"
     return None
 
 
@@ -94,8 +96,9 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def face_region(image: np.ndarray, face: Face, pad: float = 1.0, max_side: int = 400):
-    """The face's box grown by ``pad`` box sizes each side, clipped, at most ``max_side``.
+def face_region(image: np.ndarray, face: Face, pad: float, face_px: float):
+    """The face's box grown by ``pad`` box sizes each side, clipped to the image, and
+    shrunk (never enlarged) so the face is at most ``face_px`` pixels.
 
     Returns the crop and the face in the crop's coordinates, so an encoder can
     align the face again from the crop alone.
@@ -109,10 +112,11 @@ def face_region(image: np.ndarray, face: Face, pad: float = 1.0, max_side: int =
     if x1 <= x0 or y1 <= y0:
         x0, y0, x1, y1 = 0, 0, w, h
     crop = image[y0:y1, x0:x1]
-    scale = min(1.0, max_side / max(crop.shape[:2]))
+    scale = min(1.0, face_px / max(face.size, 1.0))
     if scale < 1.0:
         size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
         crop = cv2().resize(crop, size, interpolation=cv2().INTER_AREA)
+        scale = size[0] / (x1 - x0)
     return np.ascontiguousarray(crop), face.shifted(x0, y0, scale)
 
 
@@ -136,15 +140,6 @@ def encode_jpeg(image: np.ndarray, quality: int = 85) -> bytes:
     ok, buf = cv.imencode(".jpg", image, [cv.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ImageError("could not encode JPEG")
-    return buf.tobytes()
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes of a BGR image (lossless: kept for re-encoding faces)."""
-    cv = cv2()
-    ok, buf = cv.imencode(".png", image)
-    if not ok:
-        raise ImageError("could not encode PNG")
     return buf.tobytes()
 
 

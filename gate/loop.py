@@ -24,6 +24,7 @@ from gate.decisions import DoorDecider, Outcome
 from gate.events import AccessEvent, utc_iso
 from gate.images import encode_jpeg, face_region
 from gate.pipeline import Pipeline
+from gate.plugins import broadcast
 
 logger = logging.getLogger("gate.loop")
 
@@ -74,14 +75,20 @@ class DoorLoop:
 
     def run(self) -> RunStats:
         """Start up, process frames until the end, shut down; returns the stats."""
-        self.db.ensure_door(self.door)
-        count = self.pipeline.load_templates(self.db)
-        self._names = self.db.names()
-        logger.info("door %s: %d templates of %d people", self.door, count, len(self._names))
-        for actuator in self.pipeline.actuators:
-            actuator.start()
-        capture = Capture(open_source(self.source_spec), self.config.capture, self.realtime)
-        capture.start()
+        source = open_source(self.source_spec)
+        try:
+            self.db.ensure_door(self.door)
+            count = self.pipeline.load_templates(self.db)
+            self._names = self.db.names()
+            logger.info("door %s: %d templates, %d people", self.door, count, len(self._names))
+            for actuator in self.pipeline.actuators:
+                actuator.start()
+            self._process_all(Capture(source, self.config.capture, self.realtime).start())
+        finally:
+            source.close()
+        return self.stats
+
+    def _process_all(self, capture: Capture) -> None:
         try:
             while not self.stop.is_set():
                 try:
@@ -96,7 +103,6 @@ class DoorLoop:
             self.stats.dropped = capture.dropped
             self.stats.reopened = capture.reopened
             self.stats.error = capture.error
-        return self.stats
 
     def process(self, frame: Frame) -> list[AccessEvent]:
         """Recognise, decide and act on one frame."""
@@ -111,7 +117,7 @@ class DoorLoop:
         person_id = match.person_id if outcome.decision == "granted" else None
         snapshot = None
         if self.config.decision.snapshots:
-            crop, _ = face_region(frame.image, outcome.recognition.face, pad=0.3, max_side=200)
+            crop, _ = face_region(frame.image, outcome.recognition.face, pad=0.3, face_px=96)
             snapshot = encode_jpeg(crop)
         event = AccessEvent(
             time=utc_iso(frame.captured_at),
@@ -148,10 +154,7 @@ class DoorLoop:
             except Exception:
                 logger.exception("actuator %s failed to announce event %s", actuator.name, event.id)
         if self.hook is not None:
-            try:
-                self.hook.access_decided(event=event)
-            except Exception:
-                logger.exception("an access_decided observer failed on event %s", event.id)
+            broadcast(self.hook.access_decided, event=event)
         if self.on_event is not None:
             self.on_event(event)
         return event

@@ -10,6 +10,7 @@ reported by ``gate plugins`` and skipped; the rest still load.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ import pluggy
 from gate import __version__, hookspecs
 from gate.components import Actuator, Component, Detector, Encoder, Matcher
 from gate.errors import ConfigError
+
+logger = logging.getLogger("gate.plugins")
 
 ENTRY_POINT_GROUP = "gate"
 BUILTIN_PLUGINS = (
@@ -136,6 +139,15 @@ def collect_components(pm: pluggy.PluginManager) -> Registry:
 
             impl.function(register=register)
     return registry
+
+
+def broadcast(caller: pluggy.HookCaller, **kwargs: object) -> None:
+    """Call every implementation of a broadcast hook; one that raises is logged, not fatal."""
+    for impl in reversed(caller.get_hookimpls()):
+        try:
+            impl.function(**{name: kwargs[name] for name in impl.argnames})
+        except Exception:
+            logger.exception("plugin %s failed in %s", impl.plugin_name, caller.name)
 
 
 def make_plugin_manager(entry_points: bool = True) -> GatePluginManager:

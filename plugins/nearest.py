@@ -31,7 +31,7 @@ class NearestMatcher(Matcher):
         self._sq = (self._templates.astype(np.float64) ** 2).sum(axis=1)
 
     def match(self, embeddings: np.ndarray, *, threshold: float, min_margin: float) -> list[Match]:
-        queries = np.asarray(embeddings, np.float32).reshape(len(embeddings), -1)
+        queries = np.asarray(embeddings, np.float32)
         if len(queries) == 0:
             return []
         if len(self._people) == 0:

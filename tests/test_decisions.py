@@ -1,0 +1,70 @@
+"""From matches to decisions: N of M, cooldown per door, rate-limited denials, fail secure."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gate.components import Face, Match
+from gate.config import DecisionConfig
+from gate.decisions import DoorDecider
+from gate.pipeline import Recognition
+
+FACE = Face((0, 0, 100, 100), 0.9)
+
+
+def rec(status: str, person: int | None = None, distance: float = 0.4) -> Recognition:
+    match = Match(status, person if status == "match" else None, person, distance, 0.3)
+    return Recognition(FACE, np.zeros(128, np.float32), match)
+
+
+def run(decider: DoorDecider, frames: list[list[Recognition]], start: float = 0.0, step=0.1):
+    out = []
+    for i, frame in enumerate(frames):
+        for outcome in decider.observe(frame, start + i * step):
+            out.append((i, outcome.decision, outcome.reason, outcome.recognition.match.person_id))
+    return out
+
+
+def test_grant_needs_n_of_the_last_m_frames():
+    decider = DoorDecider(DecisionConfig(confirm_frames=3, window_frames=5))
+    frames = [[rec("match", 1)], [], [rec("match", 1)], [], [rec("match", 1)]]
+    assert run(decider, frames) == [(4, "granted", "granted", 1)]
+
+
+def test_wins_outside_the_window_do_not_count():
+    decider = DoorDecider(DecisionConfig(confirm_frames=3, window_frames=3))
+    frames = [[rec("match", 1)], [rec("match", 1)], [], [], [rec("match", 1)]]
+    assert run(decider, frames) == []
+
+
+def test_two_people_do_not_add_up():
+    decider = DoorDecider(DecisionConfig(confirm_frames=2, window_frames=3))
+    frames = [[rec("match", 1)], [rec("match", 2)], [rec("match", 1)]]
+    assert run(decider, frames) == [(2, "granted", "granted", 1)]
+
+
+def test_cooldown_blocks_a_second_grant_at_the_door():
+    decider = DoorDecider(DecisionConfig(confirm_frames=1, window_frames=1, cooldown_s=5.0))
+    frames = [[rec("match", 1)]] * 80  # 8 s at 10 frames/s
+    grants = [i for i, decision, *_ in run(decider, frames) if decision == "granted"]
+    assert grants == [0, 50]
+
+
+def test_unknown_and_ambiguous_never_grant_and_denials_are_rate_limited():
+    settings = DecisionConfig(confirm_frames=2, window_frames=3, unknown_interval_s=5.0)
+    decider = DoorDecider(settings)
+    frames = [[rec("unknown", 4, 0.9)], [rec("ambiguous", 4, 0.5)]] * 40
+    outcomes = run(decider, frames)
+    assert all(decision == "denied" for _, decision, *_ in outcomes)
+    assert [i for i, *_ in outcomes] == [1, 51]
+    assert outcomes[0][2] == "ambiguous"
+    assert outcomes[1][2] == "ambiguous"
+
+
+def test_a_stranger_beside_an_enrolled_person_is_denied_and_the_person_granted():
+    decider = DoorDecider(DecisionConfig(confirm_frames=2, window_frames=2))
+    frames = [[rec("match", 1), rec("unknown", 2, 0.8)]] * 2
+    assert sorted(run(decider, frames)) == [
+        (1, "denied", "unknown", None),
+        (1, "granted", "granted", 1),
+    ]

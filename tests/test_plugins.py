@@ -1,0 +1,238 @@
+"""The plugin system: hooks documented, built-ins registered like third-party plugins,
+a third-party detector and actuator chosen by config and called by the loop."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from gate import hookimpl, hookspecs
+from gate.components import Actuator, Detector, Face
+from gate.config import parse_config
+from gate.loop import DoorLoop
+from gate.pipeline import Pipeline
+from gate.plugins import BUILTIN_PLUGINS, make_plugin_manager
+
+
+def test_every_hook_is_typed_and_documented():
+    hooks = [
+        (name, fn)
+        for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+        if hasattr(fn, "gate_spec")
+    ]
+    assert {name for name, _ in hooks} >= {
+        "register_detectors",
+        "register_encoders",
+        "register_matchers",
+        "register_actuators",
+        "register_commands",
+        "access_decided",
+    }
+    for name, fn in hooks:
+        assert fn.__doc__ and len(fn.__doc__.split()) > 8, f"{name} needs a docstring"
+        params = inspect.signature(fn).parameters.values()
+        assert all(p.annotation is not inspect.Parameter.empty for p in params), name
+
+
+def test_builtins_supply_the_default_components(pm):
+    registry = pm.registry
+    assert registry.names("detector") == ["dlib-hog", "yunet"]
+    assert registry.names("encoder") == ["dlib"]
+    assert registry.names("matcher") == ["nearest"]
+    assert registry.names("actuator") == ["log", "mqtt"]
+    assert registry.get("detector", "yunet").plugin == "gate_plugins.yunet"
+    assert set(BUILTIN_PLUGINS) <= set(pm.infos)
+
+
+class StubbornDetector(Detector):
+    """Reports the same face in every frame, and counts its calls."""
+
+    name = "fixed-box"
+    calls = 0
+
+    def detect(self, image):
+        type(self).calls += 1
+        return [Face((10.0, 10.0, 80.0, 80.0), 0.99, None, "yunet5")]
+
+
+class RecordingActuator(Actuator):
+    """Remembers what it was asked to do."""
+
+    name = "recorder"
+    announced: list = []
+
+    def unlock(self, command):
+        return True
+
+    def announce(self, event):
+        type(self).announced.append(event)
+
+
+class ThirdParty:
+    """A third-party plugin object, registered like any other."""
+
+    @hookimpl
+    def register_detectors(self, register):
+        register(StubbornDetector)
+
+    @hookimpl
+    def register_actuators(self, register):
+        register(RecordingActuator)
+
+    def __init__(self):
+        self.observed = []
+
+    @hookimpl
+    def access_decided(self, event):
+        self.observed.append(event.id)
+
+
+class FaultyObserver:
+    @hookimpl
+    def access_decided(self, event):
+        raise RuntimeError("observer bug")
+
+
+def test_third_party_detector_and_actuator_chosen_by_config_and_called_by_loop(pm, db, tmp_path):
+    import cv2
+
+    plugin = ThirdParty()
+    pm.register_plugin(plugin, "third-party", "0.1", "test")
+    pm.register_plugin(FaultyObserver(), "faulty", "0.1", "test")
+    try:
+        folder = tmp_path / "frames"
+        folder.mkdir()
+        for i in range(4):
+            cv2.imwrite(str(folder / f"{i}.png"), np.full((120, 120, 3), 40 * i, np.uint8))
+        config = parse_config(
+            {
+                "pipeline": {"detector": "fixed-box", "actuators": ["recorder"]},
+                "decision": {"confirm_frames": 2, "window_frames": 3, "snapshots": False},
+            }
+        )
+        pipeline = Pipeline(config, pm.registry)
+        assert pm.registry.get("detector", "fixed-box").plugin == "third-party"
+        StubbornDetector.calls = 0
+        RecordingActuator.announced.clear()
+        stats = DoorLoop(pipeline, db, "lab", str(folder), hook=pm.hook).run()
+        assert stats.frames == 4
+        assert StubbornDetector.calls == 4
+        # nobody is enrolled: the fixed face is unknown and denied, never granted
+        assert [e.decision for e in RecordingActuator.announced] == ["denied"]
+        assert RecordingActuator.announced[0].reason == "unknown"
+        logged = db.events()
+        assert [e.decision for e in logged] == ["denied"]
+        # the broadcast hook saw the logged event; the faulty observer changed nothing
+        assert plugin.observed == [logged[0].id]
+    finally:
+        pm.unregister(name="third-party")
+        pm.unregister(name="faulty")
+    assert "fixed-box" not in pm.registry.names("detector")
+
+
+def test_duplicate_component_name_is_an_error(pm):
+    class Impostor(Detector):
+        name = "yunet"
+
+    class Plugin:
+        @hookimpl
+        def register_detectors(self, register):
+            register(Impostor)
+
+    pm.register_plugin(Plugin(), "impostor", "0", "test")
+    with pytest.raises(ValueError, match="detector 'yunet' is registered by both"):
+        _ = pm.registry
+
+
+def test_a_misspelt_hook_fails_loudly():
+    class Typo:
+        @hookimpl
+        def register_detector(self, register):  # missing "s"
+            pass
+
+    manager = make_plugin_manager(entry_points=False)
+    manager.register_plugin(Typo(), "typo", "0", "test")
+    with pytest.raises(Exception, match="unknown hook"):
+        manager.check_pending()
+
+
+def _install_dist(site, name: str, module_source: str) -> None:
+    """Install a plugin distribution the way pip lays one out: module + dist-info."""
+    (site / f"{name}.py").write_text(textwrap.dedent(module_source))
+    info = site / f"{name}-0.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.3\n")
+    (info / "entry_points.txt").write_text(f"[gate]\n{name} = {name}\n")
+
+
+def test_entry_point_plugins_load_and_broken_ones_are_reported(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    _install_dist(
+        site,
+        "gate_buzzer",
+        """
+        from gate import hookimpl
+        from gate.components import Actuator
+
+        class Buzzer(Actuator):
+            name = "buzzer"
+            version = "2"
+            delivers = False
+            def unlock(self, command):
+                return False
+
+        @hookimpl
+        def register_actuators(register):
+            register(Buzzer)
+        """,
+    )
+    _install_dist(site, "gate_broken", "raise ImportError('needs a GPIO board')\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delenv("GATE_LOAD_PLUGINS", raising=False)
+    manager = make_plugin_manager()
+    assert manager.registry.get("actuator", "buzzer").plugin == "gate_buzzer"
+    assert manager.infos["gate_buzzer"].version == "0.3"
+    assert "needs a GPIO board" in manager.infos["gate_broken"].error
+
+    monkeypatch.setenv("GATE_LOAD_PLUGINS", "gate_broken")
+    limited = make_plugin_manager()
+    assert "buzzer" not in limited.registry.names("actuator")
+
+    monkeypatch.delenv("GATE_LOAD_PLUGINS")
+    import gate.plugins as plugins_module
+
+    monkeypatch.setattr(plugins_module, "_default", None)
+    from gate.cli import cli
+
+    result = CliRunner().invoke(cli, ["plugins", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.output)}
+    assert rows["gate_buzzer"]["components"] == ["actuator buzzer (v2)"]
+    assert rows["gate_buzzer"]["source"] == "gate_buzzer"
+    assert rows["gate_broken"]["error"].startswith("ImportError")
+    assert rows["gate_plugins.yunet"]["components"] == ["detector yunet (v2023mar)"]
+    sys.modules.pop("gate_buzzer", None)
+
+
+def test_plugins_can_add_commands(pm):
+    import click
+
+    class Commands:
+        @hookimpl
+        def register_commands(self, cli):
+            @cli.command(name="hello-plugin")
+            def hello():
+                click.echo("hello from a plugin")
+
+    pm.register_plugin(Commands(), "commands", "0", "test")
+    group = click.Group("gate")
+    pm.hook.register_commands(cli=group)
+    result = CliRunner().invoke(group, ["hello-plugin"])
+    assert result.output == "hello from a plugin\n"
