@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-# Test the source tree even when the package is not installed (plain `pytest` from the root).
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gate.nn.dlib_format import DlibFormatError, read_dlib_net
 from gate.nn.dlib_resnet import (
@@ -163,8 +159,9 @@ def test_truncated_file_gives_a_clear_error(model_path: Path, tmp_path: Path) ->
     assert not list((tmp_path / "cache").glob("*.pt"))
 
 
-def test_cache_is_keyed_by_sha256(model_path: Path, tmp_path: Path,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_is_keyed_by_sha256(
+    model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("GATE_CACHE_DIR", str(tmp_path / "env-cache"))
     src = tmp_path / "model.dat"
     shutil.copyfile(model_path, src)

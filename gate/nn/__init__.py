@@ -1,0 +1,1 @@
+"""Neural-network encoders: dlib's face-recognition ResNet re-implemented in torch."""
