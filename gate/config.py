@@ -60,7 +60,9 @@ class DecisionConfig(Section):
 
     confirm_frames: int = Field(3, ge=1, le=100, description="N: wins needed in the window.")
     window_frames: int = Field(5, ge=1, le=100, description="M: frames in the window.")
-    cooldown_s: float = Field(5.0, ge=0, le=3600, description="No new grant at a door for this.")
+    cooldown_s: float = Field(
+        5.0, ge=0, le=3600, description="No new grant for the same person at a door for this."
+    )
     unknown_interval_s: float = Field(
         5.0, ge=0, le=3600, description="At most one logged denial per door in this time."
     )

@@ -1,5 +1,10 @@
 """From per-frame matches to decisions: N of the last M frames, cooldown, rate-limited denials.
 
+A person is granted when they win in N of the door's last M frames; the same
+person is not granted again at that door until the cooldown has passed, while
+someone else may be (each person passing a turnstile needs a grant of their
+own). Denials are logged at most once per ``unknown_interval_s`` per door.
+
 Pure logic with an injectable clock, so it is tested without cameras or time.
 Unknown or uncertain never grants: only a ``match`` counts towards a grant.
 """
@@ -29,7 +34,7 @@ class DoorDecider:
         self.settings = settings
         self._wins: deque[frozenset[int]] = deque(maxlen=settings.window_frames)
         self._doubts: deque[bool] = deque(maxlen=settings.window_frames)
-        self._cooldown_until = float("-inf")
+        self._cooldown_until: dict[int, float] = {}
         self._next_denial = float("-inf")
 
     def observe(self, recognitions: list[Recognition], now: float) -> list[Outcome]:
@@ -49,13 +54,19 @@ class DoorDecider:
 
         outcomes: list[Outcome] = []
         need = self.settings.confirm_frames
-        if now >= self._cooldown_until:
-            confirmed = [p for p in best if sum(p in won for won in self._wins) >= need]
-            if confirmed:
-                person = min(confirmed, key=lambda p: best[p].match.distance)
-                outcomes.append(Outcome("granted", "granted", best[person]))
-                self._cooldown_until = now + self.settings.cooldown_s
-                self._wins.clear()
+        ready = [
+            person
+            for person in best
+            if sum(person in won for won in self._wins) >= need
+            and now >= self._cooldown_until.get(person, float("-inf"))
+        ]
+        for person in sorted(ready, key=lambda p: best[p].match.distance):
+            outcomes.append(Outcome("granted", "granted", best[person]))
+            self._cooldown_until[person] = now + self.settings.cooldown_s
+        if ready:
+            self._wins = deque(
+                (won - frozenset(ready) for won in self._wins), maxlen=self._wins.maxlen
+            )
         if doubtful is not None and sum(self._doubts) >= need and now >= self._next_denial:
             reason = doubtful.match.status if doubtful.match else "unknown"
             outcomes.append(Outcome("denied", reason, doubtful))

@@ -43,11 +43,17 @@ def test_two_people_do_not_add_up():
     assert run(decider, frames) == [(2, "granted", "granted", 1)]
 
 
-def test_cooldown_blocks_a_second_grant_at_the_door():
+def test_cooldown_stops_regranting_the_same_person_but_not_the_next_one():
     decider = DoorDecider(DecisionConfig(confirm_frames=1, window_frames=1, cooldown_s=5.0))
-    frames = [[rec("match", 1)]] * 80  # 8 s at 10 frames/s
-    grants = [i for i, decision, *_ in run(decider, frames) if decision == "granted"]
-    assert grants == [0, 50]
+    frames = [[rec("match", 1)]] * 30 + [[rec("match", 2)]] + [[rec("match", 1)]] * 49
+    grants = [(i, p) for i, decision, _, p in run(decider, frames) if decision == "granted"]
+    assert grants == [(0, 1), (30, 2), (50, 1)]  # 10 frames/s: person 1 again after 5 s
+
+
+def test_two_people_confirmed_together_are_both_granted():
+    decider = DoorDecider(DecisionConfig(confirm_frames=2, window_frames=2))
+    frames = [[rec("match", 1, 0.5), rec("match", 2, 0.3)]] * 2
+    assert run(decider, frames) == [(1, "granted", "granted", 2), (1, "granted", "granted", 1)]
 
 
 def test_unknown_and_ambiguous_never_grant_and_denials_are_rate_limited():
