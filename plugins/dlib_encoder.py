@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from functools import cache
 
 import numpy as np
-from gate_plugins import _dlib
 from pydantic import Field
 
 from gate import hookimpl
 from gate.components import Encoder, Face, StrictOptions
+from gate_plugins import _dlib
 
 
 @cache

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from gate_plugins import _dlib
 from pydantic import Field
 
 from gate import hookimpl
 from gate.components import Detector, Face, StrictOptions
+from gate_plugins import _dlib
 
 
 class DlibHogOptions(StrictOptions):

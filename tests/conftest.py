@@ -1,4 +1,4 @@
-"""Shared fixtures: real data from ../shared/data, a real mosquitto broker, fresh plugin managers."""
+"""Shared fixtures: real data from ../shared/data, a real mosquitto broker, plugin managers."""
 
 from __future__ import annotations
 

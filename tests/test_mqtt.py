@@ -12,7 +12,8 @@ from gate.mqtt import MqttLink
 
 
 def link_to(broker, **options) -> MqttLink:
-    link = MqttLink(MqttConfig(host="127.0.0.1", port=broker.port, **options), "127.0.0.1", broker.port)
+    config = MqttConfig(host="127.0.0.1", port=broker.port, **options)
+    link = MqttLink(config, "127.0.0.1", broker.port)
     link.start()
     assert link.wait_connected(5), "gate did not connect to mosquitto"
     return link

@@ -7,6 +7,7 @@ import inspect
 import json
 import sys
 import textwrap
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -65,7 +66,7 @@ class RecordingActuator(Actuator):
     """Remembers what it was asked to do."""
 
     name = "recorder"
-    announced: list = []
+    announced: ClassVar[list] = []
 
     def unlock(self, command):
         return True

@@ -79,7 +79,8 @@ def test_enrollment_refuses_no_face_several_faces_small_and_blurred(default_pipe
 def test_enrollment_keeps_the_face_crop_to_encode_again(default_pipeline):
     from gate.images import decode_image, face_from_json
 
-    template = examine(default_pipeline, data_path("people", "face_recognition", "biden", "biden.jpg"))
+    photo = data_path("people", "face_recognition", "biden", "biden.jpg")
+    template = examine(default_pipeline, photo)
     crop = decode_image(template.face_crop, "crop")
     face = face_from_json(template.crop_face)
     again = default_pipeline.encoder.encode(crop, [face])[0]

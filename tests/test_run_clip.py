@@ -1,5 +1,5 @@
-"""``gate run`` over the hamilton clip: grants for the two enrolled people, unlocks on a real broker,
-and with the broker stopped, the same decisions logged as not delivered."""
+"""``gate run`` over the hamilton clip: grants for the two enrolled people, unlocks on a
+real broker, and with the broker stopped, the same decisions logged as not delivered."""
 
 from __future__ import annotations
 
