@@ -313,6 +313,119 @@ def verify(app: App, first: str, second: str, as_json: bool) -> None:
         click.echo(f"{verdict} (distance {distance:.3f}, threshold {threshold:.3f})")
 
 
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="An .npz file.")
+@pass_app
+def encode(app: App, images, out: str) -> None:
+    """Write the embedding of every face in IMAGE... to an .npz file.
+
+    Arrays: embeddings (faces x dim), boxes (x, y, w, h), scores, landmarks
+    (NaN where a detector gives none), image (index into images), images (paths).
+    """
+    import numpy as np
+
+    from gate.images import read_image
+
+    vectors, boxes, scores, marks, owner, errors = [], [], [], [], [], 0
+    for index, path in enumerate(images):
+        try:
+            pixels = read_image(path).pixels
+        except GateError as exc:
+            errors += 1
+            click.echo(f"error: {exc}", err=True)
+            continue
+        faces = app.pipeline.detector.detect(pixels)
+        if faces:
+            vectors.append(app.pipeline.encoder.encode(pixels, faces))
+        for face in faces:
+            boxes.append(face.box)
+            scores.append(face.score)
+            marks.append(np.full((5, 2), np.nan) if face.landmarks is None else face.landmarks)
+            owner.append(index)
+    encoder = app.pipeline.encoder
+    np.savez(
+        out,
+        embeddings=np.concatenate(vectors) if vectors else np.zeros((0, encoder.dim), np.float32),
+        boxes=np.array(boxes, np.float32).reshape(-1, 4),
+        scores=np.array(scores, np.float32),
+        landmarks=np.array(marks, np.float32).reshape(-1, 5, 2),
+        image=np.array(owner, np.int64),
+        images=np.array([str(p) for p in images]),
+        encoder=np.array(f"{encoder.name} {encoder.version}"),
+    )
+    click.echo(f"{len(owner)} face(s) from {len(images) - errors} image(s) -> {out}")
+    if errors:
+        sys.exit(1)
+
+
+@cli.group()
+def bench() -> None:
+    """Measure accuracy on public benchmarks."""
+
+
+@bench.command("lfw")
+@click.option("--pairs", "pairs_file", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--root", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--train-pairs",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Choose the threshold on these pairs (View 1: pairsDevTrain.txt).",
+)
+@click.option("--roc", "roc_path", type=click.Path(dir_okay=False), help="Save the ROC as PNG.")
+@json_option
+@pass_app
+def bench_lfw(app: App, pairs_file, root, train_pairs, roc_path, as_json: bool) -> None:
+    """LFW verification with the configured detector and encoder.
+
+    Accepts the official pairs.txt (10 folds) and View 1's pairsDevTrain.txt /
+    pairsDevTest.txt. Reports mean accuracy and its spread, EER and TAR at
+    FAR 1e-3, and saves the ROC curve.
+    """
+    from gate.evaluation import plot_roc
+    from gate.lfw import read_pairs, unique_images
+    from gate.lfw_protocol import run_protocol
+
+    try:
+        count = len(
+            unique_images(
+                read_pairs(pairs_file).pairs
+                + (read_pairs(train_pairs).pairs if train_pairs else []),
+                root,
+            )
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    with click.progressbar(
+        length=count, label="Encoding", file=sys.stderr, hidden=not sys.stderr.isatty()
+    ) as bar:
+        report = run_protocol(
+            app.pipeline,
+            Path(pairs_file),
+            Path(root),
+            train_pairs and Path(train_pairs),
+            bar.update,
+        )
+    label = f"{app.pipeline.detector.name} + {app.pipeline.encoder.name}"
+    if roc_path:
+        plot_roc({label: report.roc}, roc_path, title=f"LFW {Path(pairs_file).name}")
+    summary = {"pipeline": label, **report.summary(), "roc": roc_path}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"pipeline   {label}")
+    click.echo(f"pairs      {report.pairs} ({report.protocol})")
+    click.echo(f"images     {report.images}, {report.missed} without a detected face")
+    click.echo(f"accuracy   {report.accuracy * 100:.2f}% ± {report.spread * 100:.2f}")
+    click.echo(f"threshold  {report.threshold:.4f}")
+    click.echo(f"EER        {report.eer * 100:.2f}%")
+    click.echo(
+        f"TAR@FAR1e-3 {report.tar_at_far_1e3 * 100:.2f}% ({report.different_pairs} different pairs)"
+    )
+    if roc_path:
+        click.echo(f"ROC        {roc_path}")
+
+
 # running ------------------------------------------------------------------------
 
 

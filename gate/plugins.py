@@ -29,6 +29,7 @@ BUILTIN_PLUGINS = (
     "gate_plugins.yunet",
     "gate_plugins.dlib_hog",
     "gate_plugins.dlib_encoder",
+    "gate_plugins.dlib_torch",
     "gate_plugins.nearest",
     "gate_plugins.mqtt_actuator",
     "gate_plugins.log_actuator",

@@ -1,0 +1,152 @@
+"""Encoder ``dlib-torch``: dlib's ResNet ported to torch, batched, on CPU or GPU, no dlib needed.
+
+Each face is aligned to dlib's 150x150 chip in one or more ways and every chip
+is also seen mirrored; the descriptors of all views are averaged. The default
+views, YuNet's 5 landmarks and dlib's 5-point predictor (run in numpy) on the
+face box, each with its mirror image, were chosen on LFW View 1: see
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from gate import hookimpl
+from gate.components import Encoder, Face, StrictOptions
+
+Alignment = Literal["landmarks", "sp5"]
+
+
+class DlibTorchOptions(StrictOptions):
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N.")
+    precision: Literal["fp32", "fp16", "bf16"] = Field(
+        "fp32", description="fp16/bf16 are for GPUs; on a CPU they are slower or less exact."
+    )
+    threads: int | None = Field(None, ge=1, le=256, description="torch CPU threads.")
+    alignments: list[Alignment] = Field(
+        default_factory=lambda: ["landmarks", "sp5"],
+        min_length=1,
+        description="Views averaged: the detector's landmarks, dlib's 5-point predictor.",
+    )
+    flip: bool = Field(True, description="Also encode each view mirrored and average.")
+    batch_size: int = Field(128, ge=1, le=4096, description="Chips per forward pass.")
+
+
+def pick_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is usable, else ``cpu``."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+class DlibTorchEncoder(Encoder):
+    """The default encoder: same embedding space and threshold as dlib's own."""
+
+    name = "dlib-torch"
+    version = "resnet_v1"
+    description = "dlib ResNet in torch (CC0 weights): batched, CPU/GPU, flip and alignment views"
+    space = "dlib-resnet-v1"
+    dim = 128
+    threshold = 0.6
+    Options = DlibTorchOptions
+
+    def __init__(self, options=None, context=None):
+        super().__init__(options, context)
+        import torch
+
+        from gate.nn.dlib_resnet import load_dlib_resnet
+
+        o = self.options
+        if o.threads:
+            torch.set_num_threads(o.threads)
+        self.device = pick_device(o.device)
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
+            o.precision
+        ]
+        self.model = load_dlib_resnet(device=self.device, dtype=self.dtype)
+        views = "+".join(o.alignments) + ("+flip" if o.flip else "")
+        self.version = f"{type(self).version}/{views}/{o.precision}"
+        self._predictor = None
+
+    def _sp5(self):
+        if self._predictor is None:
+            from gate.nn.dlib_shape import load_shape_predictor
+
+            self._predictor = load_shape_predictor()
+        return self._predictor
+
+    def _views(self, image: np.ndarray, face: Face) -> list[np.ndarray]:
+        """The image->chip matrices of one face, one per configured view."""
+        from gate.align import box_matrix, chip_matrix, similarity_fit, template
+
+        matrices = []
+        for view in self.options.alignments:
+            try:
+                if view == "landmarks" and face.landmarks is not None:
+                    matrices.append(chip_matrix(face))
+                elif view == "sp5":
+                    x, y, w, h = face.box
+                    box = (round(x), round(y), round(x + w), round(y + h))
+                    points = self._sp5().predict(image, box)
+                    matrices.append(similarity_fit(points, template("dlib5")))
+            except ValueError:  # degenerate landmarks: fall back on the box below
+                continue
+        return matrices or [box_matrix(face)]
+
+    def encode(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        return self.encode_many([(image, faces)])[0]
+
+    def encode_many(self, items: Sequence[tuple[np.ndarray, Sequence[Face]]]) -> list[np.ndarray]:
+        """Encode the faces of several images in shared forward passes."""
+        from gate.align import extract_chip
+        from gate.images import as_bgr
+
+        chips, owners = [], []
+        for index, (image, faces) in enumerate(items):
+            image = as_bgr(np.asarray(image))
+            for number, face in enumerate(faces):
+                for matrix in self._views(image, face):
+                    chips.append(extract_chip(image, matrix)[:, :, ::-1])
+                    owners.append((index, number))
+        vectors = self.encode_chips(chips) if chips else np.zeros((0, self.dim), np.float32)
+        out = [np.zeros((len(faces), self.dim), np.float32) for _, faces in items]
+        counts = [np.zeros(len(faces)) for _, faces in items]
+        for (index, number), vector in zip(owners, vectors, strict=True):
+            out[index][number] += vector
+            counts[index][number] += 1
+        return [o / np.maximum(c, 1)[:, None] for o, c in zip(out, counts, strict=True)]
+
+    def encode_chips(self, chips: Sequence[np.ndarray]) -> np.ndarray:
+        """Descriptors of aligned 150x150 RGB chips (mirrors averaged in when ``flip``)."""
+        import torch
+
+        batch = np.ascontiguousarray(np.stack(chips))
+        out = []
+        step = self.options.batch_size
+        with torch.inference_mode():
+            for start in range(0, len(batch), step):
+                x = torch.from_numpy(batch[start : start + step]).to(self.device)
+                x = (
+                    x.permute(0, 3, 1, 2)
+                    .to(self.dtype)
+                    .contiguous(memory_format=torch.channels_last)
+                )
+                y = self.model(x)
+                if self.options.flip:
+                    y = (y + self.model(torch.flip(x, dims=[3]))) / 2
+                out.append(y.float().cpu().numpy())
+        return np.concatenate(out).astype(np.float32)
+
+    def close(self) -> None:
+        self.model = None
+
+
+@hookimpl
+def register_encoders(register):
+    register(DlibTorchEncoder)
