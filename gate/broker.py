@@ -29,7 +29,7 @@ class EmbeddedBroker:
     def start(self, timeout: float = 10.0) -> EmbeddedBroker:
         """Start listening; raises if the port cannot be had."""
         for name in ("amqtt", "transitions"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+            logging.getLogger(name).setLevel(logging.CRITICAL)  # failures are raised to us
         self._thread = threading.Thread(target=self._run, name="gate-broker", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):

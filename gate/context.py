@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from gate.config import GateConfig
+from gate.errors import ComponentError
 from gate.mqtt import MqttLink
 
 logger = logging.getLogger("gate")
@@ -27,7 +28,13 @@ class Context:
                 from gate.broker import EmbeddedBroker
 
                 host = "127.0.0.1"
-                self._broker = EmbeddedBroker(host, mqtt.port).start()
+                try:
+                    self._broker = EmbeddedBroker(host, mqtt.port).start()
+                except RuntimeError as exc:
+                    raise ComponentError(
+                        f"{exc}; set [mqtt] host to use a broker already on port {mqtt.port}, "
+                        "or choose another [mqtt] port"
+                    ) from None
                 logger.info("no MQTT broker configured: embedded broker on %s:%s", host, mqtt.port)
             self._link = MqttLink(mqtt, host, mqtt.port)
             self._link.start()

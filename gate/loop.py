@@ -1,7 +1,7 @@
 """The door loop: capture -> detect -> encode -> match -> decide -> act -> log.
 
-Start-up is an explicit sequence: door recorded, templates loaded, actuators
-started, capture thread started. Every decision is stored before it is acted
+Start-up is an explicit sequence: source opened, actuators started, door
+recorded, templates loaded, capture started; a failing step changes nothing. Every decision is stored before it is acted
 on, so its id travels with the unlock command; an unlock is only sent before
 it expires (``unlock_ttl_s`` after the frame was captured).
 """
@@ -77,12 +77,12 @@ class DoorLoop:
         """Start up, process frames until the end, shut down; returns the stats."""
         source = open_source(self.source_spec)
         try:
+            for actuator in self.pipeline.actuators:
+                actuator.start()
             self.db.ensure_door(self.door)
             count = self.pipeline.load_templates(self.db)
             self._names = self.db.names()
             logger.info("door %s: %d templates, %d people", self.door, count, len(self._names))
-            for actuator in self.pipeline.actuators:
-                actuator.start()
             self._process_all(Capture(source, self.config.capture, self.realtime).start())
         finally:
             source.close()

@@ -147,3 +147,22 @@ def test_a_database_file_that_is_not_one(tmp_path):
     result = gate("people", "list", db=path)
     assert_one_line_error(result, "not a usable gate database")
     assert path.read_bytes() == b"definitely not sqlite" * 200
+
+
+def test_embedded_broker_on_a_busy_port_is_a_clear_error(tmp_path, enrolled_db):
+    import socket
+
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        config = tmp_path / "gate.toml"
+        config.write_text(f"[mqtt]\nport = {busy.getsockname()[1]}\n")
+        before = dump(enrolled_db)
+        result = gate(
+            "--config", str(config), "run", "--source", str(sample_path("door.mp4")), db=enrolled_db
+        )
+    assert_one_line_error(result, "embedded MQTT broker", "set [mqtt] host")
+    assert [line for line in dump(enrolled_db) if 'INSERT INTO "events"' in line] == [
+        line for line in before if 'INSERT INTO "events"' in line
+    ]
