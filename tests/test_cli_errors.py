@@ -163,6 +163,4 @@ def test_embedded_broker_on_a_busy_port_is_a_clear_error(tmp_path, enrolled_db):
             "--config", str(config), "run", "--source", str(sample_path("door.mp4")), db=enrolled_db
         )
     assert_one_line_error(result, "embedded MQTT broker", "set [mqtt] host")
-    assert [line for line in dump(enrolled_db) if 'INSERT INTO "events"' in line] == [
-        line for line in before if 'INSERT INTO "events"' in line
-    ]
+    assert dump(enrolled_db) == before
