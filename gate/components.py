@@ -71,8 +71,12 @@ class Match:
 
 
 @dataclass(frozen=True)
-class UnlockCommand:
-    """An order to open one door, valid until ``expires_at`` (epoch seconds)."""
+class DoorCommand:
+    """An order to a door controller (``unlock`` or ``lock``), valid until ``expires_at``.
+
+    Times are epoch seconds. ``reason`` says why (``granted``, ``manual``,
+    ``remote``); ``actor`` who asked when it was not a face.
+    """
 
     door: str
     person: str | None
@@ -83,6 +87,7 @@ class UnlockCommand:
     expires_at: float
     reason: str = "granted"
     action: str = "unlock"
+    actor: str | None = None
 
     def expired(self, now: float) -> bool:
         """True once the command must no longer be sent."""
@@ -161,18 +166,21 @@ class Matcher(Component):
 
 
 class Actuator(Component):
-    """Carries unlock commands and decisions out of gate."""
+    """Carries door commands, decisions and presence out of gate."""
 
     kind = "actuator"
-    #: whether :meth:`unlock` really delivers (counts towards an event's ``delivered``)
+    #: whether :meth:`send` really delivers (counts towards an event's ``delivered``)
     delivers: ClassVar[bool] = True
 
     def start(self) -> None:
         """Connect; called once before the first frame."""
 
-    def unlock(self, command: UnlockCommand) -> bool:
-        """Send ``command``; True only when delivery is confirmed in time."""
+    def send(self, command: DoorCommand) -> bool:
+        """Send ``command`` (unlock or lock); True only when delivery is confirmed in time."""
         raise NotImplementedError
 
     def announce(self, event: AccessEvent) -> None:
         """Publish a decision (granted or denied) for observers."""
+
+    def presence(self, door: str, present: bool) -> None:
+        """A face came into view at ``door`` (True) or none has been seen for a while."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -37,10 +37,11 @@ class PipelineConfig(Section):
     """Which components run, by the names their plugins registered."""
 
     detector: str = Field("yunet", description="Face detector.")
-    encoder: str = Field("dlib", description="Face encoder (face -> embedding).")
+    encoder: str = Field("dlib-torch", description="Face encoder (face -> embedding).")
     matcher: str = Field("nearest", description="Matcher (embedding -> person).")
     actuators: list[str] = Field(
-        default_factory=lambda: ["mqtt", "log"], description="Active actuators, in order."
+        default_factory=lambda: ["mqtt", "homeassistant", "log"],
+        description="Active actuators, in order.",
     )
 
 
@@ -122,10 +123,55 @@ class CaptureConfig(Section):
     )
 
 
-class DoorConfig(Section):
-    """One door or turnstile."""
+class SiteConfig(Section):
+    """Where the doors are."""
 
-    source: str | None = Field(None, description="Camera index, URL, video file or folder.")
+    timezone: str | None = Field(
+        None, description="IANA zone for rules' hours, e.g. Europe/Berlin; default: the system's."
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str | None) -> str | None:
+        if name is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(name)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {name!r}") from None
+        return name
+
+    def zone(self):
+        """The site's time zone as a tzinfo."""
+        from datetime import datetime
+        from zoneinfo import ZoneInfo
+
+        return ZoneInfo(self.timezone) if self.timezone else datetime.now().astimezone().tzinfo
+
+
+class PolicyConfig(Section):
+    """The built-in access rules' site-wide switches."""
+
+    without_rules: Literal["allow", "deny"] = Field(
+        "allow", description="With no rules at all: every enrolled person passes, or nobody."
+    )
+    anti_passback: bool = Field(
+        True, description="Doors with an area and a direction refuse a second entry."
+    )
+
+
+class HomeAssistantConfig(Section):
+    """MQTT discovery for Home Assistant (used by the ``homeassistant`` actuator)."""
+
+    discovery_prefix: str = Field("homeassistant", min_length=1, pattern=r"^[^#+ ]+$")
+    status_topic: str = Field("homeassistant/status", min_length=1)
+    relock_s: float = Field(
+        5.0, gt=0, le=3600, description="Report LOCKED again this long after an unlock."
+    )
+    face_off_s: float = Field(
+        2.0, ge=0, le=600, description="'Face in view' turns off after this long without one."
+    )
 
 
 class GateConfig(Section):
@@ -138,7 +184,9 @@ class GateConfig(Section):
     enrollment: EnrollmentConfig = Field(default_factory=EnrollmentConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
-    doors: dict[str, DoorConfig] = Field(default_factory=lambda: {"front": DoorConfig()})
+    site: SiteConfig = Field(default_factory=SiteConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     detectors: dict[str, dict[str, Any]] = Field(default_factory=dict)
     encoders: dict[str, dict[str, Any]] = Field(default_factory=dict)
     matchers: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -146,14 +194,6 @@ class GateConfig(Section):
 
     #: where this config came from, for error messages (not a setting)
     _origin: str = PrivateAttr("defaults")
-
-    @field_validator("doors")
-    @classmethod
-    def _door_names(cls, doors: dict[str, DoorConfig]) -> dict[str, DoorConfig]:
-        for name in doors:
-            if not name or any(c in name for c in "/#+ "):
-                raise ValueError(f"door name {name!r} may not be empty or hold '/', '#', '+', ' '")
-        return doors
 
 
 def describe_errors(error: ValidationError, origin: str, prefix: str = "") -> str:

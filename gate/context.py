@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from gate.config import GateConfig
 from gate.errors import ComponentError
@@ -12,10 +13,20 @@ logger = logging.getLogger("gate")
 
 
 class Context:
-    """Shared services, created on first use and closed together."""
+    """Shared services, created on first use and closed together.
 
-    def __init__(self, config: GateConfig):
+    ``doors`` are the doors of the current run; ``remote_command(door, action,
+    actor=..., reason=...)`` carries a command that came from outside (Home
+    Assistant) through the run. ``embedded_broker`` False connects to
+    127.0.0.1 instead of starting a broker when none is configured (the CLI
+    talking to a running gate).
+    """
+
+    def __init__(self, config: GateConfig, embedded_broker: bool = True):
         self.config = config
+        self.embedded_broker = embedded_broker
+        self.doors: list = []
+        self.remote_command: Callable[..., object] | None = None
         self._link: MqttLink | None = None
         self._broker = None
 
@@ -24,7 +35,9 @@ class Context:
         if self._link is None:
             mqtt = self.config.mqtt
             host = mqtt.host
-            if host is None:
+            if host is None and not self.embedded_broker:
+                host = "127.0.0.1"
+            elif host is None:
                 from gate.broker import EmbeddedBroker
 
                 host = "127.0.0.1"

@@ -6,12 +6,14 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sqlite_utils import Database
 
+from gate.access import PersonInfo, Rule, Window, parse_clock
 from gate.errors import StoreError
 from gate.events import AccessEvent, utc_iso
 from gate.migrations import migrations
@@ -48,6 +50,10 @@ class Template:
     crop_face: str | None = None
 
 
+def _moment(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
 class GateDB:
     """One SQLite file in WAL mode, migrated to the current schema on open."""
 
@@ -74,14 +80,20 @@ class GateDB:
         return rows[0] if rows else None
 
     def people(self) -> list[dict[str, Any]]:
-        """Every person with a count of templates, by name."""
-        return list(
+        """Every person, by name: templates, enabled, validity and groups."""
+        rows = list(
             self.db.query(
-                "select p.id, p.name, p.created_at, count(t.id) as templates "
-                "from people p left join templates t on t.person_id = p.id "
-                "group by p.id order by p.name"
+                "select p.id, p.name, p.created_at, p.enabled, p.valid_from, p.valid_until, "
+                "(select count(*) from templates t where t.person_id = p.id) as templates, "
+                "(select group_concat(g.name, ',') from memberships m join groups g "
+                " on g.id = m.group_id where m.person_id = p.id) as groups "
+                "from people p order by p.name"
             )
         )
+        for row in rows:
+            row["enabled"] = bool(row["enabled"])
+            row["groups"] = sorted(row["groups"].split(",")) if row["groups"] else []
+        return rows
 
     def names(self) -> dict[int, str]:
         """Person id to name."""
@@ -116,7 +128,7 @@ class GateDB:
         """Add templates to ``name`` (created if new), all or nothing.
 
         Returns ``(person_id, templates added)``; a photo already enrolled for
-        this person with the same encoder is skipped.
+        this person in the same embedding space is skipped.
         """
         name = check_name(name)
         templates = list(templates)
@@ -133,8 +145,8 @@ class GateDB:
                 if vector.ndim != 1 or not vector.size or not np.isfinite(vector).all():
                     raise StoreError(f"{template.source_name}: not a finite 1-D embedding")
                 if self.db["templates"].count_where(
-                    "person_id = ? and source_sha256 = ? and encoder = ?",
-                    [person_id, template.source_sha256, template.encoder],
+                    "person_id = ? and source_sha256 = ? and space = ?",
+                    [person_id, template.source_sha256, template.space],
                 ):
                     continue
                 self.db["templates"].insert(
@@ -174,6 +186,23 @@ class GateDB:
         ids = np.array([row["person_id"] for row in rows], dtype=np.int64)
         return vectors.astype(np.float32), ids
 
+    def stale_templates(self, space: str) -> list[dict[str, Any]]:
+        """Templates of other spaces whose photo has no template in ``space`` yet."""
+        return list(
+            self.db.query(
+                "select t.* from templates t where t.space != ? and not exists ("
+                " select 1 from templates u where u.space = ? and u.person_id = t.person_id"
+                " and u.source_sha256 = t.source_sha256) order by t.id",
+                [space, space],
+            )
+        )
+
+    def drop_templates_except(self, space: str) -> int:
+        """Delete every template not in ``space``; returns how many."""
+        count = self.db["templates"].count_where("space != ?", [space])
+        self.db["templates"].delete_where("space != ?", [space])
+        return count
+
     def template_spaces(self) -> dict[str, int]:
         """How many templates each embedding space holds."""
         return {
@@ -181,13 +210,195 @@ class GateDB:
             for row in self.db.query("select space, count(*) as n from templates group by space")
         }
 
-    # doors and events ---------------------------------------------------------
+    def set_person(self, name: str, **changes: Any) -> None:
+        """Change ``enabled``, ``valid_from`` or ``valid_until`` (ISO times; None clears)."""
+        person = self._existing(name)
+        unknown = set(changes) - {"enabled", "valid_from", "valid_until"}
+        if unknown:
+            raise StoreError(f"cannot set {', '.join(sorted(unknown))} on a person")
+        if "enabled" in changes:
+            changes["enabled"] = int(bool(changes["enabled"]))
+        if changes:
+            self.db["people"].update(person["id"], changes)
+
+    def person_info(self, person_id: int) -> PersonInfo | None:
+        """What the access policy needs to know of a person."""
+        rows = list(self.db["people"].rows_where("id = ?", [person_id]))
+        if not rows:
+            return None
+        row = rows[0]
+        groups = {
+            r["name"]
+            for r in self.db.query(
+                "select g.name from groups g join memberships m on m.group_id = g.id "
+                "where m.person_id = ?",
+                [person_id],
+            )
+        }
+        return PersonInfo(
+            id=row["id"],
+            name=row["name"],
+            enabled=bool(row["enabled"]),
+            valid_from=_moment(row["valid_from"]),
+            valid_until=_moment(row["valid_until"]),
+            groups=frozenset(groups),
+        )
+
+    # groups and rules -----------------------------------------------------------
+
+    def add_group(self, name: str) -> int:
+        """Create a group; its name must be new."""
+        name = check_name(name)
+        if self._group(name, missing_ok=True):
+            raise StoreError(f"there is already a group called {name!r}")
+        return int(
+            self.db["groups"].insert({"name": name, "created_at": utc_iso(time.time())}).last_pk
+        )
+
+    def remove_group(self, name: str) -> None:
+        """Delete a group with its memberships and rules."""
+        group = self._group(name)
+        with self.db.atomic():
+            self.db["memberships"].delete_where("group_id = ?", [group["id"]])
+            self.db["rules"].delete_where("group_id = ?", [group["id"]])
+            self.db["groups"].delete(group["id"])
+
+    def groups(self) -> list[dict[str, Any]]:
+        """Every group with its members' names."""
+        out = []
+        for group in self.db["groups"].rows_where(order_by="name"):
+            members = [
+                r["name"]
+                for r in self.db.query(
+                    "select p.name from people p join memberships m on m.person_id = p.id "
+                    "where m.group_id = ? order by p.name",
+                    [group["id"]],
+                )
+            ]
+            out.append({"name": group["name"], "members": members})
+        return out
+
+    def join(self, group: str, names: Iterable[str]) -> None:
+        """Add people to a group (already members stay members)."""
+        group_id = self._group(group)["id"]
+        people = [self._existing(n)["id"] for n in names]
+        with self.db.atomic():
+            for person_id in people:
+                self.db["memberships"].insert(
+                    {"person_id": person_id, "group_id": group_id}, ignore=True
+                )
+
+    def leave(self, group: str, names: Iterable[str]) -> None:
+        """Take people out of a group."""
+        group_id = self._group(group)["id"]
+        for name in names:
+            self.db["memberships"].delete_where(
+                "person_id = ? and group_id = ?", [self._existing(name)["id"], group_id]
+            )
+
+    def _group(self, name: str, missing_ok: bool = False) -> dict[str, Any] | None:
+        rows = list(self.db["groups"].rows_where("name = ?", [name]))
+        if not rows and not missing_ok:
+            raise StoreError(f"no group called {name!r}")
+        return rows[0] if rows else None
+
+    def add_rule(self, group: str, door: str, days: int, start: str, end: str) -> int:
+        """Let ``group`` through ``door`` (``*``: any) on ``days`` from ``start`` to ``end``."""
+        group_id = self._group(group)["id"]
+        if door != "*":
+            self._door(door)
+        row = {"group_id": group_id, "door": door, "days": days, "start": start, "end": end}
+        row["created_at"] = utc_iso(time.time())
+        return int(self.db["rules"].insert(row).last_pk)
+
+    def remove_rule(self, rule_id: int) -> None:
+        if not self.db["rules"].count_where("id = ?", [rule_id]):
+            raise StoreError(f"no rule with id {rule_id}")
+        self.db["rules"].delete(rule_id)
+
+    def rules(self) -> list[Rule]:
+        """Every rule, as the policy reads them."""
+        return [
+            Rule(
+                id=r["id"],
+                group=r["group_name"],
+                door=r["door"],
+                window=Window(r["days"], parse_clock(r["start"]), parse_clock(r["end"])),
+            )
+            for r in self.db.query(
+                "select r.*, g.name as group_name from rules r join groups g on g.id = r.group_id "
+                "order by r.id"
+            )
+        ]
+
+    # doors ---------------------------------------------------------------------
 
     def ensure_door(self, name: str) -> None:
         """Record a door the first time it is used."""
         self.db["doors"].insert(
             {"name": check_name(name), "created_at": utc_iso(time.time())}, ignore=True
         )
+
+    def add_door(self, name: str, **settings: Any) -> None:
+        """Create a door with its settings (see the ``doors`` columns)."""
+        name = check_name(name)
+        if any(c in name for c in "/#+ "):
+            raise StoreError(f"invalid door name {name!r}: no '/', '#', '+' or spaces")
+        if self.door(name):
+            raise StoreError(f"there is already a door called {name!r}")
+        self.db["doors"].insert({"name": name, "created_at": utc_iso(time.time()), **settings})
+
+    def update_door(self, name: str, **settings: Any) -> None:
+        self._door(name)
+        if settings:
+            self.db["doors"].update(name, settings)
+
+    def remove_door(self, name: str) -> None:
+        """Delete a door and its rules (its events stay in the log)."""
+        self._door(name)
+        with self.db.atomic():
+            self.db["rules"].delete_where("door = ?", [name])
+            self.db["doors"].delete(name)
+
+    def door(self, name: str) -> dict[str, Any] | None:
+        rows = list(self.db["doors"].rows_where("name = ?", [name]))
+        return rows[0] if rows else None
+
+    def _door(self, name: str) -> dict[str, Any]:
+        door = self.door(name)
+        if door is None:
+            raise StoreError(f"no door called {name!r}")
+        return door
+
+    def doors(self) -> list[dict[str, Any]]:
+        return list(self.db["doors"].rows_where(order_by="name"))
+
+    # anti-passback ---------------------------------------------------------------
+
+    def last_passage(self, area: str, person_id: int) -> str | None:
+        rows = list(self.db["passages"].rows_where("area = ? and person_id = ?", [area, person_id]))
+        return rows[0]["direction"] if rows else None
+
+    def record_passage(
+        self, area: str, person_id: int, direction: str, when: str, event_id: int | None
+    ) -> None:
+        self.db["passages"].upsert(
+            {"area": area, "person_id": person_id, "direction": direction, "time": when,
+             "event_id": event_id},
+            pk=("area", "person_id"),
+        )  # fmt: skip
+
+    def reset_passages(self, name: str, area: str | None = None) -> int:
+        """Forget where a person is (the anti-passback override); returns areas cleared."""
+        person_id = self._existing(name)["id"]
+        where, params = "person_id = ?", [person_id]
+        if area:
+            where, params = where + " and area = ?", [*params, area]
+        count = self.db["passages"].count_where(where, params)
+        self.db["passages"].delete_where(where, params)
+        return count
+
+    # events --------------------------------------------------------------------
 
     def add_event(self, event: AccessEvent) -> int:
         """Store a decision; sets and returns ``event.id``."""

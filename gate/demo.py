@@ -15,11 +15,12 @@ import click
 from gate.broker import EmbeddedBroker, free_port
 from gate.config import parse_config
 from gate.database import GateDB
+from gate.doors import doors_for_run
 from gate.enrollment import enroll
 from gate.images import list_images
-from gate.loop import DoorLoop
 from gate.pipeline import Pipeline
 from gate.plugins import plugin_manager
+from gate.runner import Runner
 
 
 def sample_path(*parts: str) -> Path:
@@ -82,12 +83,11 @@ def run_demo(
                     click.echo(f"enrolled {person.name}: {state}")
                 clip = sample_path("door.mp4")
                 click.echo(f"running door 'front' over {clip.name} ...")
-                loop = DoorLoop(
-                    pipeline, db, "front", str(clip), hook=plugin_manager().hook,
-                    on_event=echo_event,
-                )  # fmt: skip
-                stats = loop.run()
-                echo_stats(stats)
+                doors = doors_for_run(db, config, ["front"], str(clip))
+                runner = Runner(
+                    pipeline, db.path, doors, hook=plugin_manager().hook, on_event=echo_event
+                )
+                echo_stats(runner.run()["front"])
             finally:
                 pipeline.close()
                 watcher.loop_stop()

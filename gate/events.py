@@ -10,10 +10,19 @@ Decision = Literal["granted", "denied"]
 
 #: Why a decision went the way it did.
 REASONS = {
-    "granted": "an enrolled person was confirmed",
+    "granted": "an enrolled person was confirmed and may pass",
     "unknown": "the face matches nobody enrolled",
     "ambiguous": "the face is too close to two enrolled people",
-    "manual": "unlocked by hand",
+    "not_allowed": "no rule lets this person through this door",
+    "outside_hours": "a rule covers this door, but not at this time",
+    "expired": "the person's access has ended (valid until)",
+    "not_yet_valid": "the person's access has not begun (valid from)",
+    "disabled": "the person is disabled",
+    "anti_passback": "already inside this area: no second entry before an exit",
+    "policy_error": "the access policy failed, so the door stays shut",
+    "manual": "unlocked by hand from the command line",
+    "remote": "unlocked from home automation",
+    "lock": "locked by hand or from home automation",
 }
 
 
@@ -37,6 +46,8 @@ class AccessEvent:
     latency_ms: float | None = None
     delivered: bool | None = None
     snapshot: bytes | None = None
+    actor: str | None = None
+    note: str | None = None
     id: int | None = None
 
     def public(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
+    from gate.access import AccessRequest, Verdict
     from gate.components import Actuator, Detector, Encoder, Matcher
     from gate.events import AccessEvent
 
@@ -74,4 +75,17 @@ def access_decided(event: AccessEvent) -> None:
     exception in one observer is logged and neither stops the others nor
     changes the decision. Return values are ignored. ``event.id`` is the row id
     in the events table.
+    """
+
+
+@hookspec(firstresult=True)
+def access_policy(request: AccessRequest) -> Verdict | None:
+    """Decide whether a recognised, confirmed person may pass a door now.
+
+    Called once per confirmed person, before anything is unlocked. The first
+    implementation to return a :class:`gate.access.Verdict` decides; return
+    None to leave the decision to the next one. gate's built-in rules
+    (``gate_plugins.rules``) run last (``trylast``), so a plugin can veto
+    ("deny everyone while the alarm is armed") or allow ahead of them, or wrap
+    them with ``wrapper=True``. An exception, or no answer at all, denies.
     """

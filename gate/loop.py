@@ -1,9 +1,11 @@
-"""The door loop: capture -> detect -> encode -> match -> decide -> act -> log.
+"""The door loop: capture -> detect -> encode -> match -> decide -> policy -> act -> log.
 
-Start-up is an explicit sequence: source opened, actuators started, door
-recorded, templates loaded, capture started; a failing step changes nothing. Every decision is stored before it is acted
-on, so its id travels with the unlock command; an unlock is only sent before
-it expires (``unlock_ttl_s`` after the frame was captured).
+Start-up is an explicit sequence: source opened, door recorded, templates
+loaded, capture started; a failing step changes nothing. A confirmed person
+is then put to the access policy (the ``access_policy`` hook); every decision
+is stored before it is acted on, so its id travels with the unlock command,
+and an unlock is only sent before it expires (``unlock_ttl_s`` after the frame
+was captured). Unknown, uncertain, refused or a failing policy never unlock.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import numpy as np
 
-from gate.capture import END, Capture, Frame, open_source
-from gate.components import UnlockCommand
+from gate.access import AccessRequest, Verdict
+from gate.capture import END, Capture, Frame, Source, open_source
+from gate.components import Actuator, DoorCommand, Encoder
 from gate.database import GateDB
 from gate.decisions import DoorDecider, Outcome
+from gate.doors import DoorSpec
 from gate.events import AccessEvent, utc_iso
 from gate.images import encode_jpeg, face_region
 from gate.pipeline import Pipeline
@@ -46,46 +51,84 @@ class RunStats:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else None
 
 
+def deliver(actuators: list[Actuator], command: DoorCommand) -> bool | None:
+    """Send a command through every actuator before it expires; None when none delivers."""
+    results = []
+    for actuator in actuators:
+        if command.expired(time.time()):
+            logger.warning(
+                "command for event %s expired before %s", command.event_id, actuator.name
+            )
+            ok = False
+        else:
+            try:
+                ok = bool(actuator.send(command))
+            except Exception:
+                logger.exception("actuator %s failed to send", actuator.name)
+                ok = False
+        if actuator.delivers:
+            results.append(ok)
+    return all(results) if results else None
+
+
+def publish(actuators: list[Actuator], hook, event: AccessEvent) -> None:
+    """Tell every actuator and every ``access_decided`` observer; failures are logged only."""
+    for actuator in actuators:
+        try:
+            actuator.announce(event)
+        except Exception:
+            logger.exception("actuator %s failed to announce event %s", actuator.name, event.id)
+    if hook is not None:
+        broadcast(hook.access_decided, event=event)
+
+
 class DoorLoop:
-    """Runs one door from one source until the source ends or ``stop`` is set."""
+    """Runs one door from its source until the source ends or ``stop`` is set."""
 
     def __init__(
         self,
         pipeline: Pipeline,
-        db: GateDB,
-        door: str,
-        source: str,
+        db: GateDB | None,
+        door: DoorSpec,
         *,
         hook=None,
         realtime: bool = False,
         on_event: Callable[[AccessEvent], None] | None = None,
+        encoder: Encoder | None = None,
+        detector=None,
     ):
         self.pipeline = pipeline
         self.db = db
         self.door = door
-        self.source_spec = source
         self.hook = hook
         self.realtime = realtime
         self.on_event = on_event
         self.config = pipeline.config
-        self.decider = DoorDecider(self.config.decision)
+        self.encoder = encoder or pipeline.encoder
+        self.detector = detector or pipeline.detector
+        self.decider = DoorDecider(door.decision)
         self.stop = threading.Event()
         self.stats = RunStats()
         self._names: dict[int, str] = {}
+        self._last_face = float("-inf")
+        self._present = False
 
-    def run(self) -> RunStats:
-        """Start up, process frames until the end, shut down; returns the stats."""
-        source = open_source(self.source_spec)
+    def run(self, load_templates: bool = True, source: Source | None = None) -> RunStats:
+        """Start up, process frames until the end, shut down; returns the stats.
+
+        ``source`` is the door's source already opened (else it is opened here).
+        """
+        source = source or open_source(self.door.source or "")
         try:
-            for actuator in self.pipeline.actuators:
-                actuator.start()
-            self.db.ensure_door(self.door)
-            count = self.pipeline.load_templates(self.db)
+            self.db.ensure_door(self.door.name)
+            if load_templates:
+                self.pipeline.load_templates(self.db)
             self._names = self.db.names()
-            logger.info("door %s: %d templates, %d people", self.door, count, len(self._names))
+            logger.info("door %s: %d people enrolled", self.door.name, len(self._names))
             self._process_all(Capture(source, self.config.capture, self.realtime).start())
         finally:
             source.close()
+            self._set_presence(False)
         return self.stats
 
     def _process_all(self, capture: Capture) -> None:
@@ -106,24 +149,82 @@ class DoorLoop:
 
     def process(self, frame: Frame) -> list[AccessEvent]:
         """Recognise, decide and act on one frame."""
-        recognitions = self.pipeline.recognise(frame.image)
+        recognitions = self.pipeline.recognise(
+            frame.image,
+            detector=self.detector,
+            encoder=self.encoder,
+            threshold=self.door.threshold,
+            min_margin=self.door.min_margin,
+        )
+        self._track_presence(bool(recognitions), frame.clock)
         outcomes = self.decider.observe(recognitions, frame.clock)
         self.stats.frames += 1
         self.stats.latencies_ms.append((time.monotonic() - frame.captured_mono) * 1000.0)
         return [self._act(outcome, frame) for outcome in outcomes]
 
+    def _track_presence(self, faces: bool, clock: float) -> None:
+        if faces:
+            self._last_face = clock
+            self._set_presence(True)
+        elif clock - self._last_face >= self.config.homeassistant.face_off_s:
+            self._set_presence(False)
+
+    def _set_presence(self, present: bool) -> None:
+        if present == self._present:
+            return
+        self._present = present
+        for actuator in self.pipeline.actuators:
+            try:
+                actuator.presence(self.door.name, present)
+            except Exception:
+                logger.exception("actuator %s failed on presence", actuator.name)
+
+    def _policy(self, person_id: int, frame: Frame) -> Verdict:
+        """The access policy's verdict; any failure denies."""
+        person = self.db.person_info(person_id)
+        if person is None:  # removed while running
+            return Verdict(False, "unknown")
+        door = self.door.info
+        when = datetime.fromtimestamp(frame.captured_at, self.config.site.zone())
+        request = AccessRequest(
+            person=person,
+            door=door,
+            when=when,
+            rules=tuple(self.db.rules()),
+            last_passage=self.db.last_passage(door.area, person_id) if door.area else None,
+            anti_passback=self.config.policy.anti_passback,
+            without_rules=self.config.policy.without_rules,
+        )
+        try:
+            verdict = self.hook.access_policy(request=request) if self.hook else None
+        except Exception:
+            logger.exception("access policy failed for %s at %s", person.name, door.name)
+            return Verdict(False, "policy_error")
+        if verdict is None:
+            from gate.access import builtin_policy
+
+            verdict = (
+                builtin_policy(request) if self.hook is None else Verdict(False, "policy_error")
+            )
+        return verdict
+
     def _act(self, outcome: Outcome, frame: Frame) -> AccessEvent:
         match = outcome.recognition.match
-        person_id = match.person_id if outcome.decision == "granted" else None
+        decision, reason = outcome.decision, outcome.reason
+        person_id = match.person_id if decision == "granted" else None
+        if person_id is not None:
+            verdict = self._policy(person_id, frame)
+            if not verdict.allowed:
+                decision, reason = "denied", verdict.reason
         snapshot = None
         if self.config.decision.snapshots:
             crop, _ = face_region(frame.image, outcome.recognition.face, pad=0.3, face_px=96)
             snapshot = encode_jpeg(crop)
         event = AccessEvent(
             time=utc_iso(frame.captured_at),
-            door=self.door,
-            decision=outcome.decision,
-            reason=outcome.reason,
+            door=self.door.name,
+            decision=decision,
+            reason=reason,
             person_id=person_id,
             person=self._names.get(person_id) if person_id is not None else None,
             distance=match.distance if match else None,
@@ -132,48 +233,27 @@ class DoorLoop:
             snapshot=snapshot,
         )
         self.db.add_event(event)
-        if event.decision == "granted":
+        if decision == "granted":
             self.stats.granted += 1
-            command = UnlockCommand(
-                door=self.door,
+            command = DoorCommand(
+                door=self.door.name,
                 person=event.person,
                 person_id=person_id,
                 distance=event.distance,
                 event_id=event.id,
                 issued_at=time.time(),
-                expires_at=frame.captured_at + self.config.decision.unlock_ttl_s,
+                expires_at=frame.captured_at + self.door.decision.unlock_ttl_s,
             )
-            event.delivered = self._deliver(command)
+            event.delivered = deliver(self.pipeline.actuators, command)
             if event.delivered is not None:
                 self.db.set_delivered(event.id, event.delivered)
+            if self.door.area and self.door.direction:
+                self.db.record_passage(
+                    self.door.area, person_id, self.door.direction, event.time, event.id
+                )
         else:
             self.stats.denied += 1
-        for actuator in self.pipeline.actuators:
-            try:
-                actuator.announce(event)
-            except Exception:
-                logger.exception("actuator %s failed to announce event %s", actuator.name, event.id)
-        if self.hook is not None:
-            broadcast(self.hook.access_decided, event=event)
+        publish(self.pipeline.actuators, self.hook, event)
         if self.on_event is not None:
             self.on_event(event)
         return event
-
-    def _deliver(self, command: UnlockCommand) -> bool | None:
-        """Send an unlock through every actuator; None when none of them delivers."""
-        results = []
-        for actuator in self.pipeline.actuators:
-            if command.expired(time.time()):
-                logger.warning(
-                    "unlock for event %s expired before %s", command.event_id, actuator.name
-                )
-                ok = False
-            else:
-                try:
-                    ok = bool(actuator.unlock(command))
-                except Exception:
-                    logger.exception("actuator %s failed to unlock", actuator.name)
-                    ok = False
-            if actuator.delivers:
-                results.append(ok)
-        return all(results) if results else None

@@ -61,3 +61,46 @@ def m001_initial(db: Database) -> None:
     )
     for columns in (["time"], ["door", "time"], ["person_id", "time"], ["decision", "time"]):
         db["events"].create_index(columns)
+
+
+@migrations()
+def m002_sites(db: Database) -> None:
+    """Doors with their own settings, groups, rules, visitors' validity, anti-passback."""
+    db["people"].add_column("enabled", int, not_null_default=1)
+    db["people"].add_column("valid_from", str)
+    db["people"].add_column("valid_until", str)
+    for column, kind in (
+        ("source", str),
+        ("direction", str),
+        ("area", str),
+        ("threshold", float),
+        ("min_margin", float),
+        ("confirm_frames", int),
+        ("window_frames", int),
+        ("cooldown_s", float),
+        ("relock_s", float),
+    ):
+        db["doors"].add_column(column, kind)
+    db["doors"].add_column("enabled", int, not_null_default=1)
+    db["groups"].create({"id": int, "name": str, "created_at": str}, pk="id", not_null={"name"})
+    db["groups"].create_index(["name"], unique=True)
+    db["memberships"].create(
+        {"person_id": int, "group_id": int},
+        pk=("person_id", "group_id"),
+        foreign_keys=[("person_id", "people", "id"), ("group_id", "groups", "id")],
+    )
+    db["rules"].create(
+        {"id": int, "group_id": int, "door": str, "days": int, "start": str, "end": str,
+         "created_at": str},
+        pk="id",
+        foreign_keys=[("group_id", "groups", "id")],
+        not_null={"group_id", "door", "days", "start", "end"},
+    )  # fmt: skip
+    db["passages"].create(
+        {"area": str, "person_id": int, "direction": str, "time": str, "event_id": int},
+        pk=("area", "person_id"),
+    )
+    db["events"].add_column("actor", str)
+    db["events"].add_column("note", str)
+    db["templates"].create_index(["person_id", "source_sha256", "space"], unique=True)
+    db.execute("drop index if exists idx_templates_person_id_source_sha256_encoder")

@@ -109,16 +109,30 @@ class Pipeline:
         self.matcher.fit(embeddings, person_ids)
         return len(embeddings)
 
-    def recognise(self, image: np.ndarray, faces: list[Face] | None = None) -> list[Recognition]:
-        """Detect (unless ``faces`` are given), encode in one batch, and match."""
-        faces = self.detector.detect(image) if faces is None else faces
+    def recognise(
+        self,
+        image: np.ndarray,
+        faces: list[Face] | None = None,
+        *,
+        detector: Detector | None = None,
+        encoder: Encoder | None = None,
+        threshold: float | None = None,
+        min_margin: float | None = None,
+    ) -> list[Recognition]:
+        """Detect (unless ``faces`` are given), encode in one batch, and match.
+
+        ``detector``, ``encoder``, ``threshold`` and ``min_margin`` override the
+        pipeline's own (a door may have its own detector and thresholds).
+        """
+        detector = detector or self.detector
+        faces = detector.detect(image) if faces is None else faces
         if not faces:
             return []
-        embeddings = self.encoder.encode(image, faces)
+        embeddings = (encoder or self.encoder).encode(image, faces)
         matches = self.matcher.match(
             embeddings,
-            threshold=self.threshold,
-            min_margin=self.config.recognition.min_margin,
+            threshold=threshold or self.threshold,
+            min_margin=self.config.recognition.min_margin if min_margin is None else min_margin,
         )
         return [
             Recognition(face, vector, match)

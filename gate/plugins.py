@@ -33,6 +33,8 @@ BUILTIN_PLUGINS = (
     "gate_plugins.nearest",
     "gate_plugins.mqtt_actuator",
     "gate_plugins.log_actuator",
+    "gate_plugins.homeassistant",
+    "gate_plugins.rules",
 )
 KINDS: dict[str, type[Component]] = {
     "detector": Detector,

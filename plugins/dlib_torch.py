@@ -5,6 +5,11 @@ is also seen mirrored; the descriptors of all views are averaged. The default
 views, YuNet's 5 landmarks and dlib's 5-point predictor (run in numpy) on the
 face box, each with its mirror image, were chosen on LFW View 1: see
 docs/benchmarks.md.
+
+With ``variant`` set (a file written by ``gate train``, see docs/metric-learning.md), the
+averaged descriptor goes through the variant's projection head (and the network through its
+fine-tuned last blocks, if any): the encoder then has the variant's own ``space``, ``dim`` and
+``threshold``, so its templates never mix with the base encoder's or another variant's.
 """
 
 from __future__ import annotations
@@ -34,6 +39,12 @@ class DlibTorchOptions(StrictOptions):
     )
     flip: bool = Field(True, description="Also encode each view mirrored and average.")
     batch_size: int = Field(128, ge=1, le=4096, description="Chips per forward pass.")
+    variant: str | None = Field(
+        None,
+        min_length=1,
+        description="Encoder variant from gate train: a name (data dir's encoders/NAME.pt) "
+        "or a path to a .pt file. Changes the embedding space: run gate people reencode.",
+    )
 
 
 def pick_device(name: str) -> str:
@@ -73,6 +84,17 @@ class DlibTorchEncoder(Encoder):
         views = "+".join(o.alignments) + ("+flip" if o.flip else "")
         self.version = f"{type(self).version}/{views}/{o.precision}"
         self._predictor = None
+        self.head = None
+        self.variant = None
+        if o.variant is not None:
+            from gate.metric.head import apply_variant, load_variant
+
+            self.variant = load_variant(o.variant)
+            self.head = apply_variant(self.model, self.variant)
+            self.space = self.variant.space
+            self.dim = self.variant.dim
+            self.threshold = self.variant.threshold
+            self.version += f"/variant={self.variant.name}@{self.variant.short_hash}"
 
     def _sp5(self):
         if self._predictor is None:
@@ -102,28 +124,51 @@ class DlibTorchEncoder(Encoder):
     def encode(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         return self.encode_many([(image, faces)])[0]
 
+    def face_chips(self, image: np.ndarray, face: Face) -> list[np.ndarray]:
+        """The aligned 150x150 RGB chips of one face in a BGR image, one per view."""
+        from gate.align import extract_chip
+
+        return [extract_chip(image, matrix)[:, :, ::-1] for matrix in self._views(image, face)]
+
     def encode_many(self, items: Sequence[tuple[np.ndarray, Sequence[Face]]]) -> list[np.ndarray]:
         """Encode the faces of several images in shared forward passes."""
-        from gate.align import extract_chip
         from gate.images import as_bgr
+        from gate.nn.dlib_resnet import DESCRIPTOR_SIZE
 
         chips, owners = [], []
         for index, (image, faces) in enumerate(items):
             image = as_bgr(np.asarray(image))
             for number, face in enumerate(faces):
-                for matrix in self._views(image, face):
-                    chips.append(extract_chip(image, matrix)[:, :, ::-1])
+                for chip in self.face_chips(image, face):
+                    chips.append(chip)
                     owners.append((index, number))
-        vectors = self.encode_chips(chips) if chips else np.zeros((0, self.dim), np.float32)
-        out = [np.zeros((len(faces), self.dim), np.float32) for _, faces in items]
+        size = DESCRIPTOR_SIZE
+        vectors = self.descriptors(chips) if chips else np.zeros((0, size), np.float32)
+        out = [np.zeros((len(faces), size), np.float32) for _, faces in items]
         counts = [np.zeros(len(faces)) for _, faces in items]
         for (index, number), vector in zip(owners, vectors, strict=True):
             out[index][number] += vector
             counts[index][number] += 1
-        return [o / np.maximum(c, 1)[:, None] for o, c in zip(out, counts, strict=True)]
+        return [
+            self.project(o / np.maximum(c, 1)[:, None]) for o, c in zip(out, counts, strict=True)
+        ]
 
     def encode_chips(self, chips: Sequence[np.ndarray]) -> np.ndarray:
-        """Descriptors of aligned 150x150 RGB chips (mirrors averaged in when ``flip``)."""
+        """Embeddings of aligned 150x150 RGB chips (mirrors averaged in when ``flip``)."""
+        return self.project(self.descriptors(chips))
+
+    def project(self, descriptors: np.ndarray) -> np.ndarray:
+        """The variant's head applied to averaged network descriptors (as is without one)."""
+        if self.head is None:
+            return descriptors.astype(np.float32, copy=False)
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(descriptors, np.float32)).to(self.device)
+            return self.head(x).cpu().numpy().astype(np.float32, copy=False)
+
+    def descriptors(self, chips: Sequence[np.ndarray]) -> np.ndarray:
+        """Network descriptors (128-d, before any variant head) of aligned RGB chips."""
         import torch
 
         batch = np.ascontiguousarray(np.stack(chips))
@@ -145,6 +190,7 @@ class DlibTorchEncoder(Encoder):
 
     def close(self) -> None:
         self.model = None
+        self.head = None
 
 
 @hookimpl

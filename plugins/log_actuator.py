@@ -17,9 +17,10 @@ class LogActuator(Actuator):
     description = "log unlocks and decisions; delivers nothing"
     delivers = False
 
-    def unlock(self, command) -> bool:
+    def send(self, command) -> bool:
         logger.info(
-            "unlock door=%s person=%s event=%s expires=%.3f",
+            "%s door=%s person=%s event=%s expires=%.3f",
+            command.action,
             command.door,
             command.person,
             command.event_id,

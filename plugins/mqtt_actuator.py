@@ -17,7 +17,7 @@ class MqttActuator(Actuator):
     def start(self) -> None:
         self.link = self.context.mqtt_link()
 
-    def unlock(self, command) -> bool:
+    def send(self, command) -> bool:
         topic = self.link.topic(command.door, "command")
         return self.link.publish_command(topic, command.to_json(), command.expires_at)
 

@@ -48,7 +48,8 @@ def test_every_example_config_is_valid(pm):
         ("[mqtt]\nport = 'high'\n", "mqtt.port: Input should be a valid integer"),
         ("[mqtt]\nport = 70000\n", "mqtt.port: Input should be less than or equal to 65535"),
         ("[decision]\nconfirm_frames = 4\nwindow_frames = 3\n", "must not exceed window_frames"),
-        ("[doors.'front door']\n", "doors: door name 'front door'"),
+        ("[site]\ntimezone = 'Mars/Olympus'\n", "site.timezone: unknown time zone"),
+        ("[policy]\nwithout_rules = 'maybe'\n", "policy.without_rules: Input should be"),
         ("[pipeline\n", "invalid TOML"),
     ],
 )
@@ -73,6 +74,7 @@ def test_unknown_component_lists_the_known_ones(tmp_path, pm):
     message = str(info.value)
     assert "pipeline.detector: unknown detector 'hog'" in message
     assert "known: dlib-hog, yunet" in message
+    assert Pipeline(parse_config({}), pm.registry).config.pipeline.encoder == "dlib-torch"
 
 
 def test_unknown_actuator_is_an_error(pm):

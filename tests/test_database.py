@@ -12,7 +12,14 @@ from gate.errors import StoreError
 from gate.events import AccessEvent, utc_iso
 
 SCHEMA = {
-    "people": {"id": "INTEGER", "name": "TEXT", "created_at": "TEXT"},
+    "people": {
+        "id": "INTEGER",
+        "name": "TEXT",
+        "created_at": "TEXT",
+        "enabled": "INTEGER",
+        "valid_from": "TEXT",
+        "valid_until": "TEXT",
+    },
     "templates": {
         "id": "INTEGER",
         "person_id": "INTEGER",
@@ -29,7 +36,20 @@ SCHEMA = {
         "crop_face": "TEXT",
         "created_at": "TEXT",
     },
-    "doors": {"name": "TEXT", "created_at": "TEXT"},
+    "doors": {
+        "name": "TEXT",
+        "created_at": "TEXT",
+        "source": "TEXT",
+        "direction": "TEXT",
+        "area": "TEXT",
+        "threshold": "REAL",
+        "min_margin": "REAL",
+        "confirm_frames": "INTEGER",
+        "window_frames": "INTEGER",
+        "cooldown_s": "REAL",
+        "relock_s": "REAL",
+        "enabled": "INTEGER",
+    },
     "events": {
         "id": "INTEGER",
         "time": "TEXT",
@@ -43,6 +63,26 @@ SCHEMA = {
         "latency_ms": "REAL",
         "delivered": "INTEGER",
         "snapshot": "BLOB",
+        "actor": "TEXT",
+        "note": "TEXT",
+    },
+    "groups": {"id": "INTEGER", "name": "TEXT", "created_at": "TEXT"},
+    "memberships": {"person_id": "INTEGER", "group_id": "INTEGER"},
+    "rules": {
+        "id": "INTEGER",
+        "group_id": "INTEGER",
+        "door": "TEXT",
+        "days": "INTEGER",
+        "start": "TEXT",
+        "end": "TEXT",
+        "created_at": "TEXT",
+    },
+    "passages": {
+        "area": "TEXT",
+        "person_id": "INTEGER",
+        "direction": "TEXT",
+        "time": "TEXT",
+        "event_id": "INTEGER",
     },
 }
 
@@ -66,8 +106,25 @@ def test_migrations_apply_once_and_reopen_cleanly(tmp_path):
     first.close()
     again = GateDB(tmp_path / "g.db")
     applied = list(again.db.query("select name from _sqlite_migrations"))
-    assert applied == [{"name": "m001_initial"}]
+    assert applied == [{"name": "m001_initial"}, {"name": "m002_sites"}]
     assert [p["name"] for p in again.people()] == ["ada"]
+
+
+def test_a_database_of_the_first_schema_is_upgraded_keeping_its_data(tmp_path):
+    from sqlite_utils import Database
+
+    from gate.migrations import migrations
+
+    old = Database(tmp_path / "old.db")
+    migrations.apply(old, stop_before="m002_sites")
+    old["people"].insert({"name": "ada", "created_at": "2026-01-01T00:00:00.000Z"})
+    old["doors"].insert({"name": "front", "created_at": "2026-01-01T00:00:00.000Z"})
+    old.close()
+    upgraded = GateDB(tmp_path / "old.db")
+    (ada,) = upgraded.people()
+    assert ada["name"] == "ada" and ada["enabled"] is True and ada["groups"] == []
+    assert upgraded.door("front")["enabled"] == 1
+    assert upgraded.person_info(ada["id"]).enabled
 
 
 def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):

@@ -16,9 +16,10 @@ from click.testing import CliRunner
 from gate import hookimpl, hookspecs
 from gate.components import Actuator, Detector, Face
 from gate.config import parse_config
-from gate.loop import DoorLoop
+from gate.doors import doors_for_run
 from gate.pipeline import Pipeline
 from gate.plugins import BUILTIN_PLUGINS, make_plugin_manager
+from gate.runner import Runner
 
 
 def test_every_hook_is_typed_and_documented():
@@ -44,9 +45,9 @@ def test_every_hook_is_typed_and_documented():
 def test_builtins_supply_the_default_components(pm):
     registry = pm.registry
     assert registry.names("detector") == ["dlib-hog", "yunet"]
-    assert registry.names("encoder") == ["dlib"]
+    assert registry.names("encoder") == ["dlib", "dlib-torch"]
     assert registry.names("matcher") == ["nearest"]
-    assert registry.names("actuator") == ["log", "mqtt"]
+    assert registry.names("actuator") == ["homeassistant", "log", "mqtt"]
     assert registry.get("detector", "yunet").plugin == "gate_plugins.yunet"
     assert set(BUILTIN_PLUGINS) <= set(pm.infos)
 
@@ -68,7 +69,7 @@ class RecordingActuator(Actuator):
     name = "recorder"
     announced: ClassVar[list] = []
 
-    def unlock(self, command):
+    def send(self, command):
         return True
 
     def announce(self, event):
@@ -121,7 +122,8 @@ def test_third_party_detector_and_actuator_chosen_by_config_and_called_by_loop(p
         assert pm.registry.get("detector", "fixed-box").plugin == "third-party"
         StubbornDetector.calls = 0
         RecordingActuator.announced.clear()
-        stats = DoorLoop(pipeline, db, "lab", str(folder), hook=pm.hook).run()
+        doors = doors_for_run(db, config, ["lab"], str(folder))
+        stats = Runner(pipeline, db.path, doors, hook=pm.hook).run()["lab"]
         assert stats.frames == 4
         assert StubbornDetector.calls == 4
         # nobody is enrolled: the fixed face is unknown and denied, never granted
@@ -186,7 +188,7 @@ def test_entry_point_plugins_load_and_broken_ones_are_reported(tmp_path, monkeyp
             name = "buzzer"
             version = "2"
             delivers = False
-            def unlock(self, command):
+            def send(self, command):
                 return False
 
         @hookimpl

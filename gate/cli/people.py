@@ -1,0 +1,238 @@
+"""Enrollment and people: ``gate enroll``, ``gate people ...``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from gate.cli.base import App, cli, json_option, pass_app
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.argument("images", nargs=-1, type=click.Path())
+@click.option(
+    "--from-folder",
+    type=click.Path(exists=True, file_okay=False),
+    help="One subfolder per person, named after them, holding their photos.",
+)
+@click.option(
+    "--skip-refused", is_flag=True, help="Store the accepted photos even if others are refused."
+)
+@pass_app
+def enroll(app: App, name, images, from_folder, skip_refused) -> None:
+    """Enroll NAME from IMAGE..., or everyone in --from-folder.
+
+    Each photo must show exactly one face, large and sharp enough. A refused
+    photo is reported with its reason and, unless --skip-refused, nothing of
+    that person is stored.
+    """
+    from gate.enrollment import enroll as enroll_person
+    from gate.images import list_images
+
+    if from_folder:
+        if name or images:
+            raise click.UsageError("give either NAME IMAGE... or --from-folder, not both")
+        root = Path(from_folder)
+        batches = [(d.name, list_images(d)) for d in sorted(root.iterdir()) if d.is_dir()]
+        batches = [(person, paths) for person, paths in batches if paths]
+        if not batches:
+            raise click.ClickException(f"{root}: no subfolders with images")
+    else:
+        if not name or not images:
+            raise click.UsageError("give NAME and at least one IMAGE (or --from-folder DIR)")
+        batches = [(name, [Path(p) for p in images])]
+
+    total = sum(len(paths) for _, paths in batches)
+    results = []
+    with click.progressbar(
+        length=total,
+        label="Enrolling",
+        file=sys.stderr,
+        show_pos=True,
+        hidden=not sys.stderr.isatty(),
+    ) as bar:
+        for person, paths in batches:
+            results.append(
+                enroll_person(
+                    app.db,
+                    app.pipeline,
+                    person,
+                    paths,
+                    skip_refused=skip_refused,
+                    progress=lambda _path: bar.update(1),
+                )
+            )
+    failed = False
+    for result in results:
+        for refusal in result.refusals:
+            click.echo(f"refused {refusal.source}: {refusal.reason}", err=True)
+        if result.stored:
+            skipped = len(result.accepted) - result.added
+            note = f" ({skipped} already enrolled)" if skipped else ""
+            click.echo(f"enrolled {result.name}: {result.added} photo(s){note}")
+            continue
+        failed = True
+        if result.accepted:
+            click.echo(
+                f"nothing stored for {result.name}: {len(result.accepted)} photo(s) passed; "
+                "fix or remove the refused ones, or use --skip-refused",
+                err=True,
+            )
+    if failed:
+        sys.exit(1)
+
+
+@cli.group()
+def people() -> None:
+    """List, change, remove and rename enrolled people; re-encode their templates."""
+
+
+@people.command("list")
+@json_option
+@pass_app
+def people_list(app: App, as_json: bool) -> None:
+    """Everyone enrolled, with their number of face templates."""
+    rows = app.db.people()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("nobody is enrolled")
+    for row in rows:
+        notes = [f"{row['templates']} template(s)"]
+        if row["groups"]:
+            notes.append("groups " + ",".join(row["groups"]))
+        if not row["enabled"]:
+            notes.append("DISABLED")
+        if row["valid_from"]:
+            notes.append(f"from {row['valid_from']}")
+        if row["valid_until"]:
+            notes.append(f"until {row['valid_until']}")
+        click.echo(f"{row['name']}\t" + "\t".join(notes))
+
+
+@people.command("remove")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_app
+def people_remove(app: App, name: str, yes: bool) -> None:
+    """Remove NAME and their face templates (the log keeps their past events)."""
+    if app.db.person(name) is None:
+        raise click.ClickException(f"no person called {name!r}")
+    if not yes:
+        click.confirm(f"Remove {name} and all their templates?", abort=True)
+    count = app.db.remove_person(name)
+    click.echo(f"removed {name} ({count} template(s))")
+
+
+@people.command("rename")
+@click.argument("old")
+@click.argument("new")
+@pass_app
+def people_rename(app: App, old: str, new: str) -> None:
+    """Rename OLD to NEW."""
+    app.db.rename_person(old, new)
+    click.echo(f"renamed {old} to {new}")
+
+
+def parse_moment(text: str, zone, end_of_day: bool = False) -> str | None:
+    """A date or date-time in the site's zone (``none`` clears) as ISO 8601 with offset."""
+    from datetime import datetime, timedelta
+
+    if text.strip().lower() in ("none", ""):
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: use YYYY-MM-DD or YYYY-MM-DDTHH:MM") from None
+    date_only = len(text.strip()) <= 10
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=zone)
+    if date_only and end_of_day:
+        moment += timedelta(days=1)
+    return moment.isoformat()
+
+
+@people.command("set")
+@click.argument("name")
+@click.option("--enable/--disable", default=None, help="Let the person through at all.")
+@click.option("--valid-from", help="Date or date-time (site time zone); 'none' clears.")
+@click.option("--valid-until", help="Date (through its end) or date-time; 'none' clears.")
+@pass_app
+def people_set(app: App, name: str, enable, valid_from, valid_until) -> None:
+    """Enable or disable NAME, or limit when their access is valid (visitors)."""
+    zone = app.config.site.zone()
+    changes = {}
+    if enable is not None:
+        changes["enabled"] = enable
+    if valid_from is not None:
+        changes["valid_from"] = parse_moment(valid_from, zone)
+    if valid_until is not None:
+        changes["valid_until"] = parse_moment(valid_until, zone, end_of_day=True)
+    if not changes:
+        raise click.UsageError("nothing to set: --enable/--disable, --valid-from, --valid-until")
+    app.db.set_person(name, **changes)
+    click.echo(f"{name}: " + ", ".join(f"{k} = {v}" for k, v in changes.items()))
+
+
+@people.command("reset-passback")
+@click.argument("name")
+@click.option("--area", help="Only this area (default: all).")
+@pass_app
+def people_reset_passback(app: App, name: str, area: str | None) -> None:
+    """Override anti-passback: forget which side of its doors NAME was last seen on."""
+    count = app.db.reset_passages(name, area)
+    click.echo(f"{name}: anti-passback reset in {count} area(s)")
+
+
+@people.command("reencode")
+@click.option("--drop-old", is_flag=True, help="Then delete templates of other encoders.")
+@pass_app
+def people_reencode(app: App, drop_old: bool) -> None:
+    """Rebuild templates with the configured encoder from the stored face crops.
+
+    Run it after changing the encoder (or its variant): templates only match
+    faces encoded in the same embedding space.
+    """
+    from gate.database import Template
+    from gate.images import decode_image, face_from_json
+
+    encoder = app.pipeline.encoder
+    stale = app.db.stale_templates(encoder.space)
+    names = app.db.names()
+    done = missing = 0
+    by_person: dict[int, list[Template]] = {}
+    with click.progressbar(
+        stale, label="Re-encoding", file=sys.stderr, hidden=not sys.stderr.isatty()
+    ) as rows:
+        for row in rows:
+            if not row["face_crop"] or not row["crop_face"]:
+                missing += 1
+                continue
+            crop = decode_image(row["face_crop"], f"template {row['id']}")
+            vector = encoder.encode(crop, [face_from_json(row["crop_face"])])[0]
+            by_person.setdefault(row["person_id"], []).append(
+                Template(
+                    embedding=vector,
+                    encoder=encoder.name,
+                    encoder_version=encoder.version,
+                    space=encoder.space,
+                    source_sha256=row["source_sha256"],
+                    source_name=row["source_name"],
+                    face_size=row["face_size"],
+                    quality=row["quality"],
+                    face_crop=row["face_crop"],
+                    crop_face=row["crop_face"],
+                )
+            )
+    for person_id, templates in by_person.items():
+        done += app.db.enroll(names[person_id], templates)[1]
+    click.echo(f"re-encoded {done} template(s) for {encoder.name} ({encoder.space})")
+    if missing:
+        click.echo(f"{missing} template(s) have no stored face and need new photos", err=True)
+    if drop_old:
+        click.echo(f"dropped {app.db.drop_templates_except(encoder.space)} old template(s)")

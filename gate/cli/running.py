@@ -1,0 +1,143 @@
+"""Doors at work and their log: ``gate run``, ``demo``, ``log``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import click
+
+from gate.cli.base import App, cli, pass_app
+
+
+def echo_event(event) -> None:
+    """One line per decision, for a person watching ``gate run``."""
+    who = event.person or event.actor or "-"
+    distance = "-" if event.distance is None else f"{event.distance:.3f}"
+    delivered = {True: "delivered", False: "NOT delivered", None: ""}[event.delivered]
+    click.echo(
+        f"{event.time}  {event.door:<10} {event.decision:<7} {event.reason:<13} "
+        f"{who:<20} distance {distance}  {delivered}".rstrip()
+    )
+
+
+def echo_stats(stats, door: str | None = None) -> None:
+    """The end-of-run summary of one door."""
+    median, p90 = stats.latency(50), stats.latency(90)
+    timing = f"latency median {median:.1f} ms, p90 {p90:.1f} ms" if median is not None else ""
+    label = f"{door}: " if door else ""
+    click.echo(
+        f"{label}{stats.frames} frames, {stats.granted} granted, {stats.denied} denied, "
+        f"{stats.dropped} dropped; {timing}".rstrip("; ")
+    )
+    if stats.error:
+        click.echo(f"{label}source: {stats.error}", err=True)
+
+
+@cli.command()
+@click.option("--door", "doors", multiple=True, help="Only this door (repeat for several).")
+@click.option("--source", help="Camera index, RTSP/HTTP URL, video file or folder, for one door.")
+@click.option("--realtime", is_flag=True, help="Play video files at their own frame rate.")
+@pass_app
+def run(app: App, doors: tuple[str, ...], source: str | None, realtime: bool) -> None:
+    """Watch the doors and decide, log and unlock, until their sources end or Ctrl-C.
+
+    With no options, every enabled door that has a source (gate doors add).
+    With --source, one door (--door, default "front") watches that source.
+    """
+    from gate.doors import doors_for_run
+    from gate.runner import Runner
+
+    specs = doors_for_run(app.db, app.config, list(doors), source)
+    runner = Runner(
+        app.pipeline, app.db.path, specs, hook=app.pm.hook, realtime=realtime, on_event=echo_event
+    )
+    try:
+        results = runner.run()
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+        results = {loop.door.name: loop.stats for loop in runner.loops}
+    for name, stats in results.items():
+        echo_stats(stats, name if len(results) > 1 else None)
+    for name, error in runner.errors.items():
+        click.echo(f"door {name}: {error}", err=True)
+    if runner.errors:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--workdir", type=click.Path(file_okay=False), help="Keep the demo's files here.")
+@click.pass_context
+def demo(ctx: click.Context, workdir: str | None) -> None:
+    """Enroll the bundled sample people and run a door over the bundled clip.
+
+    Uses its own database and an embedded MQTT broker, and prints every
+    decision and every MQTT message.
+    """
+    from gate.demo import run_demo
+
+    run_demo(Path(workdir) if workdir else None, echo_event=echo_event, echo_stats=echo_stats)
+
+
+def parse_when(text: str | None) -> str | None:
+    """``30m``, ``2h``, ``7d`` (ago) or an ISO date/time (local unless it says) to UTC ISO."""
+    if text is None:
+        return None
+    from gate.events import utc_iso
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+        moment = datetime.now(UTC) - timedelta(seconds=float(text[:-1]) * units[text[-1]])
+        return utc_iso(moment.timestamp())
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: use 30m, 2h, 7d or an ISO date/time") from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()
+    return utc_iso(moment.timestamp())
+
+
+LOG_FIELDS = [
+    "id", "time", "door", "decision", "reason", "person", "person_id",
+    "distance", "margin", "latency_ms", "delivered", "actor", "note",
+]  # fmt: skip
+
+
+@cli.command("log")
+@click.option("--since", help="From this time: 30m, 2h, 7d ago, or an ISO date/time.")
+@click.option("--until", help="Before this time (same forms).")
+@click.option("--person", help="Only this person.")
+@click.option("--door", help="Only this door.")
+@click.option("--decision", type=click.Choice(["granted", "denied", "lock"]), help="Only these.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@click.option("--csv", "as_csv", is_flag=True, help="Output CSV.")
+@pass_app
+def log_command(app: App, since, until, person, door, decision, limit, as_json, as_csv) -> None:
+    """Show logged access decisions, newest first."""
+    if as_json and as_csv:
+        raise click.UsageError("choose one of --json and --csv")
+    events = app.db.events(
+        since=parse_when(since),
+        until=parse_when(until),
+        person=person,
+        door=door,
+        decision=decision,
+        limit=limit,
+    )
+    rows = [event.public() for event in events]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif as_csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=LOG_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        if not events:
+            click.echo("no events")
+        for event in events:
+            echo_event(event)

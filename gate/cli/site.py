@@ -1,0 +1,300 @@
+"""The site: ``gate doors ...``, ``gate groups ...``, ``gate rules ...``."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+
+import click
+
+from gate.cli.base import App, cli, json_option, pass_app
+
+DOOR_OPTIONS = [
+    click.option("--source", help="Camera index, RTSP/HTTP URL, video file or folder."),
+    click.option("--direction", type=click.Choice(["in", "out", "none"]), help="For turnstiles."),
+    click.option("--area", help="Anti-passback area the door leads into or out of."),
+    click.option("--threshold", type=click.FloatRange(0, 4, min_open=True), help="Match distance."),
+    click.option("--min-margin", type=click.FloatRange(0, 4), help="Margin to the runner-up."),
+    click.option("--confirm-frames", type=click.IntRange(1, 100), help="N of N-of-M."),
+    click.option("--window-frames", type=click.IntRange(1, 100), help="M of N-of-M."),
+    click.option("--cooldown", "cooldown_s", type=click.FloatRange(0, 3600), help="Seconds."),
+    click.option("--relock", "relock_s", type=click.FloatRange(0, 3600, min_open=True)),
+    click.option("--enable/--disable", "enabled", default=None, help="Run it with gate run."),
+]
+
+
+def door_options(fn):
+    for option in reversed(DOOR_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _settings(values: dict) -> dict:
+    settings = {k: v for k, v in values.items() if v is not None}
+    if settings.get("direction") == "none":
+        settings["direction"] = None
+    if "enabled" in settings:
+        settings["enabled"] = int(settings["enabled"])
+    return settings
+
+
+def _check(app: App, name: str) -> None:
+    """Validate a door's settings together with the config's defaults."""
+    from gate.doors import spec_from_row
+
+    spec_from_row(app.db.door(name), app.config)
+
+
+@cli.group()
+def doors() -> None:
+    """Doors and turnstiles: add, change, remove, and unlock or lock by hand."""
+
+
+@doors.command("list")
+@json_option
+@pass_app
+def doors_list(app: App, as_json: bool) -> None:
+    """Every door and its settings (empty settings use the config's defaults)."""
+    rows = app.db.doors()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no doors yet: gate doors add NAME --source ...")
+    for row in rows:
+        extras = [
+            f"{k}={row[k]}"
+            for k in ("direction", "area", "threshold", "min_margin", "confirm_frames",
+                      "window_frames", "cooldown_s", "relock_s")
+            if row[k] is not None
+        ]  # fmt: skip
+        state = "" if row["enabled"] else "  DISABLED"
+        click.echo(f"{row['name']}\t{row['source'] or '-'}\t{' '.join(extras)}{state}")
+
+
+@doors.command("add")
+@click.argument("name")
+@door_options
+@pass_app
+def doors_add(app: App, name: str, **values) -> None:
+    """Add door NAME with its source and settings."""
+    with app.db.db.atomic():
+        app.db.add_door(name, **_settings(values))
+        _check(app, name)
+    click.echo(f"added door {name}")
+
+
+@doors.command("set")
+@click.argument("name")
+@door_options
+@pass_app
+def doors_set(app: App, name: str, **values) -> None:
+    """Change door NAME's source or settings."""
+    settings = _settings(values)
+    if not settings:
+        raise click.UsageError("nothing to change")
+    with app.db.db.atomic():
+        app.db.update_door(name, **settings)
+        _check(app, name)
+    click.echo(f"changed door {name}")
+
+
+def _link(app: App):
+    """A short-lived MQTT connection for the CLI (to the running gate's broker if embedded)."""
+    from gate.context import Context
+
+    context = Context(app.config, embedded_broker=False)
+    link = context.mqtt_link()
+    link.wait_connected(max(2.0, app.config.mqtt.ack_timeout_s * 2))
+    return context, link
+
+
+@doors.command("remove")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_app
+def doors_remove(app: App, name: str, yes: bool) -> None:
+    """Remove door NAME and its rules, and withdraw it from Home Assistant."""
+    from gate.homeassistant import removal_payloads
+
+    if app.db.door(name) is None:
+        raise click.ClickException(f"no door called {name!r}")
+    if not yes:
+        click.confirm(f"Remove door {name} and its rules?", abort=True)
+    app.db.remove_door(name)
+    click.echo(f"removed door {name}")
+    context, link = _link(app)
+    try:
+        sent = [
+            link.publish(t, p, qos=1, retain=True)
+            for t, p in removal_payloads(app.config, name).items()
+        ]
+        if not all(sent):
+            click.echo("MQTT broker not reachable: Home Assistant still lists the door", err=True)
+    finally:
+        context.close()
+
+
+def _door_command(app: App, name: str, action: str, reason: str | None) -> None:
+    from gate.commands import door_command
+
+    if app.db.door(name) is None:
+        raise click.ClickException(f"no door called {name!r}")
+    context, _ = _link(app)
+    try:
+        actuator = app.pipeline.build("actuator", "mqtt")
+        actuator.context = context
+        actuator.start()
+        event = door_command(
+            app.db, [actuator], app.pm.hook, name, action,
+            reason="manual" if action == "unlock" else "lock", actor=getpass.getuser(),
+            note=reason, ttl_s=app.config.decision.unlock_ttl_s,
+        )  # fmt: skip
+    finally:
+        context.close()
+    state = "delivered" if event.delivered else "NOT delivered (is the broker up?)"
+    click.echo(f"{action} {name}: event {event.id}, {state}")
+    if not event.delivered:
+        sys.exit(1)
+
+
+@doors.command("unlock")
+@click.argument("name")
+@click.option("--reason", help="Why, for the log.")
+@pass_app
+def doors_unlock(app: App, name: str, reason: str | None) -> None:
+    """Unlock NAME now; logged as manual, with your user name and --reason."""
+    _door_command(app, name, "unlock", reason)
+
+
+@doors.command("lock")
+@click.argument("name")
+@click.option("--reason", help="Why, for the log.")
+@pass_app
+def doors_lock(app: App, name: str, reason: str | None) -> None:
+    """Lock NAME now; logged with your user name and --reason."""
+    _door_command(app, name, "lock", reason)
+
+
+@cli.group()
+def groups() -> None:
+    """Groups of people, which rules let through doors."""
+
+
+@groups.command("list")
+@json_option
+@pass_app
+def groups_list(app: App, as_json: bool) -> None:
+    """Every group and its members."""
+    rows = app.db.groups()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no groups yet: gate groups add NAME")
+    for row in rows:
+        click.echo(f"{row['name']}\t{', '.join(row['members']) or '-'}")
+
+
+@groups.command("add")
+@click.argument("name")
+@pass_app
+def groups_add(app: App, name: str) -> None:
+    """Create group NAME."""
+    app.db.add_group(name)
+    click.echo(f"added group {name}")
+
+
+@groups.command("remove")
+@click.argument("name")
+@pass_app
+def groups_remove(app: App, name: str) -> None:
+    """Delete group NAME with its rules (its members stay enrolled)."""
+    app.db.remove_group(name)
+    click.echo(f"removed group {name}")
+
+
+@groups.command("join")
+@click.argument("group")
+@click.argument("people", nargs=-1, required=True)
+@pass_app
+def groups_join(app: App, group: str, people: tuple[str, ...]) -> None:
+    """Put PEOPLE in GROUP."""
+    app.db.join(group, people)
+    click.echo(f"{group}: + {', '.join(people)}")
+
+
+@groups.command("leave")
+@click.argument("group")
+@click.argument("people", nargs=-1, required=True)
+@pass_app
+def groups_leave(app: App, group: str, people: tuple[str, ...]) -> None:
+    """Take PEOPLE out of GROUP."""
+    app.db.leave(group, people)
+    click.echo(f"{group}: - {', '.join(people)}")
+
+
+@cli.group()
+def rules() -> None:
+    """Which group may pass which door when (in the site's time zone)."""
+
+
+@rules.command("list")
+@json_option
+@pass_app
+def rules_list(app: App, as_json: bool) -> None:
+    """Every rule; with none at all, [policy] without_rules decides."""
+    from gate.access import format_days
+
+    rows = [
+        {
+            "id": r.id,
+            "group": r.group,
+            "door": r.door,
+            "days": format_days(r.window.days),
+            "from": r.window.start.strftime("%H:%M"),
+            "to": "24:00" if r.window.end.hour == 23 and r.window.end.second == 59
+            else r.window.end.strftime("%H:%M"),
+        }
+        for r in app.db.rules()
+    ]  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        mode = app.config.policy.without_rules
+        click.echo(f"no rules: [policy] without_rules = {mode!r} applies to everyone enrolled")
+    for r in rows:
+        click.echo(f"{r['id']}\t{r['group']}\t{r['door']}\t{r['days']}\t{r['from']}-{r['to']}")
+
+
+@rules.command("add")
+@click.option("--group", required=True, help="Members of this group ...")
+@click.option("--door", default="*", show_default=True, help="... may pass this door (* = any)")
+@click.option("--days", default="daily", show_default=True, help="mon-fri, sat,sun, daily ...")
+@click.option("--from", "start", default="00:00", show_default=True, help="HH:MM")
+@click.option(
+    "--to", "end", default="24:00", show_default=True, help="HH:MM (before --from: overnight)"
+)
+@pass_app
+def rules_add(app: App, group: str, door: str, days: str, start: str, end: str) -> None:
+    """Let a group through a door during weekly hours."""
+    from gate.access import parse_clock, parse_days
+
+    try:
+        mask = parse_days(days)
+        parse_clock(start), parse_clock(end)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    rule_id = app.db.add_rule(group, door, mask, start, end)
+    click.echo(f"added rule {rule_id}")
+
+
+@rules.command("remove")
+@click.argument("rule_id", type=int)
+@pass_app
+def rules_remove(app: App, rule_id: int) -> None:
+    """Delete rule RULE_ID (see gate rules list)."""
+    app.db.remove_rule(rule_id)
+    click.echo(f"removed rule {rule_id}")

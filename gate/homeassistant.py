@@ -1,0 +1,128 @@
+"""Home Assistant MQTT discovery: the entities of a door and the topics they use.
+
+Each door is one Home Assistant device with four entities: a lock (LOCK /
+UNLOCK / OPEN), the last person recognised, the last decision with its reason,
+and "face in view". All share gate's availability topic.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from gate import __version__
+from gate.config import GateConfig
+
+LOCK_COMMANDS = {"LOCK": "lock", "UNLOCK": "unlock", "OPEN": "unlock"}
+LOCK_STATES = ("LOCKED", "UNLOCKED", "JAMMED", "LOCKING", "UNLOCKING", "OPEN", "OPENING")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+
+
+def door_topics(config: GateConfig, door: str) -> dict[str, str]:
+    """The MQTT topics of one door (``<prefix>/<door>/...``)."""
+    base = f"{config.mqtt.topic_prefix.rstrip('/')}/{door}"
+    return {
+        "command": f"{base}/command",
+        "event": f"{base}/event",
+        "controller_state": f"{base}/state",
+        "lock_state": f"{base}/lock",
+        "lock_set": f"{base}/lock/set",
+        "person": f"{base}/person",
+        "decision": f"{base}/decision",
+        "face": f"{base}/face",
+    }
+
+
+def availability_topic(config: GateConfig) -> str:
+    return f"{config.mqtt.topic_prefix.rstrip('/')}/status"
+
+
+def discovery(config: GateConfig, door: str) -> dict[str, dict]:
+    """Discovery topic -> config payload for each entity of ``door``."""
+    node = _slug(config.mqtt.topic_prefix)
+    object_id = _slug(door)
+    topics = door_topics(config, door)
+    prefix = config.homeassistant.discovery_prefix.rstrip("/")
+    common = {
+        "availability_topic": availability_topic(config),
+        "payload_available": "online",
+        "payload_not_available": "offline",
+        "device": {
+            "identifiers": [f"{node}_{object_id}"],
+            "name": f"gate {door}",
+            "manufacturer": "gate",
+            "model": "face-recognition door",
+            "sw_version": __version__,
+        },
+    }
+
+    def entity(component: str, key: str, **fields) -> tuple[str, dict]:
+        unique = f"{node}_{object_id}_{key}"
+        return f"{prefix}/{component}/{node}/{object_id}_{key}/config", {
+            "unique_id": unique,
+            "object_id": unique,
+            **fields,
+            **common,
+        }
+
+    return dict(
+        [
+            entity(
+                "lock",
+                "lock",
+                name="Lock",
+                command_topic=topics["lock_set"],
+                state_topic=topics["lock_state"],
+                payload_lock="LOCK",
+                payload_unlock="UNLOCK",
+                payload_open="OPEN",
+                state_locked="LOCKED",
+                state_unlocked="UNLOCKED",
+                state_jammed="JAMMED",
+                state_locking="LOCKING",
+                state_unlocking="UNLOCKING",
+                optimistic=False,
+                qos=1,
+            ),
+            entity(
+                "sensor",
+                "person",
+                name="Last person",
+                state_topic=topics["person"],
+                icon="mdi:account-check",
+            ),
+            entity(
+                "sensor",
+                "decision",
+                name="Last decision",
+                state_topic=topics["decision"],
+                value_template="{{ value_json.decision }}",
+                json_attributes_topic=topics["decision"],
+                icon="mdi:door-closed-lock",
+            ),
+            entity(
+                "binary_sensor",
+                "face",
+                name="Face in view",
+                state_topic=topics["face"],
+                payload_on="ON",
+                payload_off="OFF",
+                device_class="occupancy",
+            ),
+        ]
+    )
+
+
+def discovery_payloads(config: GateConfig, door: str) -> dict[str, str]:
+    """The retained messages that announce a door (JSON strings)."""
+    return {
+        topic: json.dumps(body, sort_keys=True) for topic, body in discovery(config, door).items()
+    }
+
+
+def removal_payloads(config: GateConfig, door: str) -> dict[str, str]:
+    """Empty retained messages that make Home Assistant forget a door."""
+    return dict.fromkeys(discovery(config, door), "")

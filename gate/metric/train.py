@@ -1,0 +1,827 @@
+"""Adapt the ``dlib-torch`` encoder to a site: train an encoder variant, and measure encoders.
+
+:func:`train` reads a folder with one subfolder of photos per person, detects and aligns each
+face once (a tight crop where the detector finds nothing is padded by half its size, edges
+replicated, and tried again), splits the people (never the photos) into training and
+validation sets with a fixed seed, and fits a :class:`~gate.metric.head.ProjectionHead` (and,
+optionally, the network's last residual blocks) with a loss from :func:`make_loss` on P x K
+batches of :class:`DoorCameraAugment`-ed chips. It keeps the epoch with the best validation
+score, chooses the match threshold (:func:`choose_threshold`) and writes the variant file with
+``<out>.metrics.json`` and ``<out>.metrics.csv`` beside it.
+
+The frozen part of the network runs once per chip: before training each photo's clean views
+and ``augment_copies`` augmented chips are pushed through it and cached, and every epoch draws
+from that cache. The network has no batch norm (dlib's affine layers are fixed), so the
+frozen part is exact in eval mode.
+
+:func:`encode_folder`, :func:`verification` and :func:`open_set` measure any encoder on such a
+folder (``gate eval``, ``bench/site_adaptation.py``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gate.errors import GateError
+
+if TYPE_CHECKING:
+    import torch
+
+    from gate.components import Detector, Encoder, Face
+    from gate.evaluation import OpenSetResult, Roc
+    from gate.metric.head import Variant
+
+__all__ = [
+    "DEFAULT_LOSS_OPTIONS",
+    "TRAIN_LOSSES",
+    "FolderEmbeddings",
+    "Progress",
+    "TrainResult",
+    "TrainingError",
+    "choose_threshold",
+    "encode_folder",
+    "find_face",
+    "open_set",
+    "pair_distances",
+    "person_folders",
+    "split_people",
+    "train",
+    "verification",
+]
+
+#: ``progress(stage, done, total)``; stages ``faces``, ``encoding`` and ``training`` (epochs).
+Progress = Callable[[str, int, int], None]
+
+#: The losses ``gate train`` offers, with the options each gets unless told otherwise. Margins
+#: and scales suit L2-normalised embeddings and a few dozen identities.
+DEFAULT_LOSS_OPTIONS: dict[str, dict[str, Any]] = {
+    "contrastive": {"margin": 1.0},
+    "triplet": {"margin": 0.2, "mining": "batch_hard"},
+    "center": {"center_weight": 0.1},
+    "arcface": {"s": 30.0, "m": 0.3},
+    "cosface": {"s": 30.0, "m": 0.25},
+}
+TRAIN_LOSSES: tuple[str, ...] = tuple(DEFAULT_LOSS_OPTIONS)
+MONITOR = "tar_at_far_1e-2"
+THRESHOLD_RULE = (
+    "the largest threshold (halfway to the next distance) at which the variant accepts no more "
+    "validation impostor pairs than the base encoder accepts at its own threshold"
+)
+
+
+class TrainingError(GateError):
+    """Training data or settings that cannot give a variant; the message says why."""
+
+
+# --------------------------------------------------------------------------- faces
+
+
+def person_folders(data_dir: str | os.PathLike[str]) -> list[tuple[str, list[Path]]]:
+    """``(person, photos)`` for every subfolder of ``data_dir`` holding images, sorted."""
+    from gate.images import list_images
+
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise TrainingError(f"{root}: not a folder")
+    people = [(d.name, list_images(d)) for d in sorted(root.iterdir()) if d.is_dir()]
+    people = [(name, photos) for name, photos in people if photos]
+    if not people:
+        raise TrainingError(f"{root}: no subfolders with images (one subfolder per person)")
+    return people
+
+
+def find_face(detector: Detector, image: np.ndarray) -> tuple[np.ndarray, Face, bool] | None:
+    """The largest face, as ``(image, face, padded)``; None when there is none.
+
+    When nothing is found the image is padded by half its longer side on every edge (edges
+    replicated: tight aligned crops, such as 112x112 training sets, leave a detector no
+    context) and searched again; the face is then given in the padded image.
+    """
+    from gate.images import cv2
+
+    faces = detector.detect(image)
+    padded = False
+    if not faces:
+        pad = max(image.shape[:2]) // 2
+        cv = cv2()
+        image = cv.copyMakeBorder(image, pad, pad, pad, pad, cv.BORDER_REPLICATE)
+        faces = detector.detect(image)
+        padded = True
+    if not faces:
+        return None
+    return image, max(faces, key=lambda f: f.size), padded
+
+
+def _faces(
+    people: Sequence[tuple[str, list[Path]]],
+    detector: Detector,
+    progress: Progress | None,
+    skipped: list[dict[str, str]],
+) -> Iterator[tuple[str, Path, np.ndarray, Face, bool]]:
+    """Every photo's largest face; unreadable photos and photos without one go to ``skipped``."""
+    from gate.images import read_image
+
+    total = sum(len(photos) for _, photos in people)
+    done = 0
+    for person, photos in people:
+        for path in photos:
+            done += 1
+            try:
+                found = find_face(detector, read_image(path).pixels)
+            except GateError as exc:
+                skipped.append({"photo": str(path), "reason": str(exc)})
+                found = None
+            else:
+                if found is None:
+                    skipped.append({"photo": str(path), "reason": "no face found"})
+            if found is not None:
+                yield (person, path, *found)
+            if progress:
+                progress("faces", done, total)
+
+
+@dataclass
+class FolderEmbeddings:
+    """One embedding per photo whose face was found, with its person and path."""
+
+    embeddings: np.ndarray
+    people: list[str]
+    paths: list[Path]
+    skipped: list[dict[str, str]]
+    padded: int
+
+    def ids(self) -> np.ndarray:
+        """Integer person ids, in order of first appearance."""
+        index: dict[str, int] = {}
+        return np.asarray([index.setdefault(p, len(index)) for p in self.people], np.int64)
+
+
+def encode_folder(
+    data_dir: str | os.PathLike[str],
+    detector: Detector,
+    encoder: Encoder,
+    progress: Progress | None = None,
+    batch: int = 16,
+) -> FolderEmbeddings:
+    """Embed the largest face of every photo of a one-subfolder-per-person folder.
+
+    Uses ``encoder.encode_many`` when it has one (shared forward passes), else ``encode``.
+    """
+    people, paths, vectors, pending = [], [], [], []
+    skipped: list[dict[str, str]] = []
+    padded = 0
+    many = getattr(encoder, "encode_many", None)
+
+    def flush() -> None:
+        items = [(image, [face]) for image, face in pending]
+        if many is not None:
+            vectors.extend(v[0] for v in many(items))
+        else:
+            vectors.extend(encoder.encode(image, faces)[0] for image, faces in items)
+        pending.clear()
+
+    for person, path, image, face, was_padded in _faces(
+        person_folders(data_dir), detector, progress, skipped
+    ):
+        people.append(person)
+        paths.append(path)
+        padded += was_padded
+        pending.append((image, face))
+        if len(pending) >= batch:
+            flush()
+    if pending:
+        flush()
+    array = np.asarray(vectors, np.float32).reshape(len(people), -1)
+    return FolderEmbeddings(array, people, paths, skipped, padded)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def pair_distances(embeddings: np.ndarray, ids: Sequence[int] | np.ndarray) -> tuple[Any, Any]:
+    """Euclidean distances of every unordered pair ``i < j`` and whether it is one person."""
+    x = np.asarray(embeddings, np.float64)
+    labels = np.asarray(ids)
+    sq = (x * x).sum(1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (x @ x.T), 0.0)
+    i, j = np.triu_indices(len(x), 1)
+    return np.sqrt(d2[i, j]), labels[i] == labels[j]
+
+
+def verification(
+    embeddings: np.ndarray, ids: Sequence[int] | np.ndarray, threshold: float | None = None
+) -> tuple[dict[str, Any], Roc]:
+    """ROC, EER and TAR at FAR 1e-2 and 1e-3 over every pair; rates at ``threshold`` if given.
+
+    A TAR at a FAR smaller than ``1 / impostor pairs`` is the TAR with no false accept.
+    """
+    from gate.evaluation import eer, roc, tar_at_far
+
+    d, same = pair_distances(embeddings, ids)
+    if not same.any() or same.all():
+        raise TrainingError("verification needs same-person and different-person pairs")
+    curve = roc(d, same)
+    rate, at = eer(curve)
+    out: dict[str, Any] = {
+        "pairs": int(d.size),
+        "genuine_pairs": int(same.sum()),
+        "impostor_pairs": int((~same).sum()),
+        "eer": rate,
+        "eer_threshold": at,
+    }
+    for name, far in (("1e-2", 1e-2), ("1e-3", 1e-3)):
+        tar, t = tar_at_far(d, same, far)
+        out[f"tar_at_far_{name}"] = tar
+        out[f"threshold_at_far_{name}"] = t if math.isfinite(t) else None
+    if threshold is not None:
+        out["threshold"] = threshold
+        out["tar_at_threshold"] = float((d[same] <= threshold).mean())
+        out["impostor_rejection"] = float((d[~same] > threshold).mean())
+    return out, curve
+
+
+def open_set(
+    embeddings: np.ndarray,
+    people: Sequence[str],
+    gallery: np.ndarray,
+    threshold: float,
+    far: float = 1e-2,
+) -> tuple[dict[str, Any], OpenSetResult]:
+    """Open-set identification: the ``gallery`` rows are enrolled, every other row probes.
+
+    A probe whose person has no gallery row is a stranger. Reports rank-1, DIR at ``far``
+    false alarms per stranger, and DIR and stranger rejection at ``threshold``.
+    """
+    from gate.evaluation import open_set_identification
+
+    gallery = np.asarray(gallery, bool)
+    names = np.asarray(people, dtype=object)
+    result = open_set_identification(
+        embeddings[gallery],
+        list(names[gallery]),
+        embeddings[~gallery],
+        list(names[~gallery]),
+        threshold=threshold,
+        far=far,
+    )
+    summary = {
+        "enrolled_people": len(set(names[gallery])),
+        "gallery_photos": int(gallery.sum()),
+        "known_probes": result.n_known,
+        "stranger_people": len(set(names[~gallery]) - set(names[gallery])),
+        "stranger_probes": result.n_strangers,
+        "rank1": result.rank1,
+        "far": far,
+        "threshold_at_far": result.threshold_at_far,
+        "dir_at_far": result.dir_at_far,
+        "threshold": threshold,
+        "dir_at_threshold": result.dir_at_threshold,
+        "stranger_rejection": result.stranger_rejection,
+    }
+    return summary, result
+
+
+def choose_threshold(
+    base_impostor: np.ndarray,
+    variant_impostor: np.ndarray,
+    base_threshold: float,
+) -> float:
+    """The variant's match threshold from impostor-pair distances on the validation people.
+
+    Rule: let ``A`` be the number of impostor pairs the base encoder accepts
+    (``distance <= base_threshold``). The threshold is halfway between the largest variant
+    impostor distance that is below the ``(A+1)``-th smallest one and that ``(A+1)``-th
+    smallest one itself, so the variant accepts at most ``A`` of these pairs: its impostor
+    rejection rate is at least the base encoder's on the same validation data. When the base
+    accepts none, it is just below the smallest variant impostor distance; when the base
+    accepts them all, it is the largest one. Thresholds are clipped to ``(0, 2]``, the
+    distances between unit vectors.
+    """
+    base = np.asarray(base_impostor, np.float64)
+    ranked = np.sort(np.asarray(variant_impostor, np.float64))
+    if ranked.size == 0:
+        raise TrainingError("no impostor pairs among the validation people")
+    allowed = int((base <= base_threshold).sum())
+    if allowed >= ranked.size:
+        t = float(ranked[-1])
+    else:
+        nxt = ranked[allowed]
+        below = ranked[ranked < nxt]
+        t = float((below[-1] + nxt) / 2.0) if below.size else float(np.nextafter(nxt, 0.0))
+    return float(min(max(t, 1e-6), 2.0))
+
+
+# --------------------------------------------------------------------------- training
+
+
+def split_people(
+    people: Sequence[str], val_fraction: float, seed: int
+) -> tuple[list[str], list[str]]:
+    """``(train, validation)`` people: a seeded shuffle, ``round(n * val_fraction)`` (at least
+    2) of them held out; both lists sorted."""
+    if not 0.0 < val_fraction < 1.0:
+        raise TrainingError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    names = sorted(people)
+    n_val = max(2, round(len(names) * val_fraction))
+    if len(names) - n_val < 2:
+        raise TrainingError(
+            f"{len(names)} people with a face: need at least {n_val + 2} "
+            f"({n_val} to validate on, 2 to train on)"
+        )
+    order = np.random.default_rng(seed).permutation(len(names))
+    val = sorted(names[i] for i in order[:n_val])
+    return sorted(set(names) - set(val)), val
+
+
+@dataclass
+class _Photo:
+    person: str
+    chips: list[np.ndarray]  # RGB views, as the encoder aligns them
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did and wrote."""
+
+    path: Path
+    metrics_json: Path
+    metrics_csv: Path
+    variant: Variant
+    history: list[dict[str, Any]]
+    best_epoch: int
+    threshold: float
+    validation: dict[str, Any]
+    data: dict[str, Any]
+    timings: dict[str, float]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready summary (``gate train --json``)."""
+        return {
+            "variant": str(self.path),
+            "name": self.variant.name,
+            "space": self.variant.space,
+            "dim": self.variant.dim,
+            "threshold": self.threshold,
+            "best_epoch": self.best_epoch,
+            "epochs": self.history,
+            "validation": self.validation,
+            "data": self.data,
+            "timings": self.timings,
+            "metrics_json": str(self.metrics_json),
+            "metrics_csv": str(self.metrics_csv),
+            "skipped": self.skipped,
+        }
+
+
+def _forward_chips(
+    model: Any, chips: list[np.ndarray], unfrozen: int, batch: int, device: str
+) -> torch.Tensor:
+    """The frozen part of the network on RGB chips, as float32 CPU tensors."""
+    import torch
+
+    from gate.metric.head import trunk_forward
+    from gate.nn.dlib_resnet import chips_to_tensor
+
+    out = []
+    with torch.no_grad():  # not inference_mode: these tensors feed training later
+        for start in range(0, len(chips), batch):
+            x = chips_to_tensor(chips[start : start + batch]).to(device)
+            out.append(trunk_forward(model, x, unfrozen).float().cpu())
+    return torch.cat(out)
+
+
+def _mirror(chip: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(chip[:, ::-1])
+
+
+def _evaluate(
+    model: Any, head: Any, feats: torch.Tensor, owner: torch.Tensor, n: int, unfrozen: int
+) -> np.ndarray:
+    """Per-photo embeddings as the encoder makes them: the mean of the network outputs over
+    all views and mirrors, then the head (None: the raw mean, as the base encoder)."""
+    import torch
+
+    from gate.metric.head import tail_forward
+
+    with torch.inference_mode():
+        outputs = tail_forward(model, feats, unfrozen) if unfrozen else feats
+        mean = torch.zeros(n, outputs.shape[1]).index_add_(0, owner, outputs.float())
+        mean /= torch.bincount(owner, minlength=n).clamp_min(1)[:, None]
+        return (mean if head is None else head(mean)).numpy()
+
+
+def _init_classifier(loss_fn: Any, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+    """Start a classification loss's class weights at the class centroids of the untrained
+    embeddings (cheap warm start: its first gradients then refine, not scramble, the space)."""
+    import torch
+    import torch.nn.functional as F
+
+    n_classes = int(labels.max()) + 1
+    sums = torch.zeros(n_classes, embeddings.shape[1]).index_add_(0, labels, embeddings)
+    centroids = sums / torch.bincount(labels, minlength=n_classes).clamp_min(1)[:, None]
+    with torch.no_grad():
+        if hasattr(loss_fn, "weight"):  # ArcFace, CosFace
+            loss_fn.weight.copy_(F.normalize(centroids, dim=1))
+        if hasattr(loss_fn, "center"):  # CenterSoftmaxLoss
+            loss_fn.center.centers.copy_(centroids)
+            loss_fn.softmax.fc.weight.copy_(10.0 * F.normalize(centroids, dim=1))
+            loss_fn.softmax.fc.bias.zero_()
+
+
+def _better(row: dict[str, Any], best: dict[str, Any]) -> bool:
+    """Higher validation TAR at FAR 1e-2; on a tie, lower EER."""
+    if row[MONITOR] != best[MONITOR]:
+        return row[MONITOR] > best[MONITOR]
+    return row["eer"] < best["eer"]
+
+
+def train(
+    data_dir: str | os.PathLike[str],
+    loss: str = "triplet",
+    epochs: int = 30,
+    out: str | os.PathLike[str] = "site",
+    *,
+    mining: str | None = None,
+    loss_options: Mapping[str, Any] | None = None,
+    head_dim: int = 128,
+    hidden: int | None = None,
+    unfreeze_blocks: int = 0,
+    seed: int = 0,
+    val_fraction: float = 0.25,
+    patience: int = 5,
+    p: int = 8,
+    k: int = 4,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    augment_copies: int = 8,
+    detector: Detector | None = None,
+    encoder_options: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train an encoder variant on ``data_dir`` (one subfolder per person); write it to ``out``.
+
+    ``out`` is a variant name (written to the data dir's ``encoders/``) or a path. The metrics
+    go beside it as ``.metrics.json`` (settings, per-epoch history, validation summary) and
+    ``.metrics.csv`` (one row per epoch).
+
+    * Split: :func:`split_people` with ``seed``; nobody in validation is trained on.
+    * Data: every face found is aligned once into the encoder's views (YuNet's landmarks and
+      dlib's 5 points by default); per training photo its clean views and ``augment_copies``
+      augmented chips (a view each, in turn) go through the frozen network once.
+    * Batches: :class:`PKSampler`, ``p`` people x ``k`` photos, each photo as a random one of
+      its cached chips; an epoch covers about every cached chip once.
+    * Model: :class:`ProjectionHead` ``128 -> head_dim`` (``hidden`` makes it an MLP), plus the
+      last ``unfreeze_blocks`` residual blocks and the final linear layer at a tenth of ``lr``.
+      AdamW; classification losses get their class weights at ten times ``lr``, started at
+      the class centroids.
+    * Loss: ``loss`` from :data:`TRAIN_LOSSES` with :data:`DEFAULT_LOSS_OPTIONS` updated by
+      ``loss_options`` (``mining`` for triplet: batch_all, batch_hard, semi_hard).
+    * Epoch 0 is the untrained head (the normalised base descriptor, rotated). After every
+      epoch the validation people's photos are embedded as the encoder does (all views and
+      mirrors averaged, then the head) and scored over all their pairs: TAR at FAR 1e-2, ties
+      broken by EER. The best epoch is kept (epoch 0 included); training stops after
+      ``patience`` epochs without improvement.
+    * Threshold: :func:`choose_threshold` on the validation impostor pairs, against the base
+      encoder at its default threshold (0.6).
+
+    Everything is seeded by ``seed`` (split, augmentation, sampler, torch).
+    """
+    import torch
+    from pydantic import ValidationError
+
+    from gate import __version__
+    from gate.metric.augment import DoorCameraAugment
+    from gate.metric.head import (
+        BASE_DIM,
+        BASE_ENCODER,
+        BASE_SPACE,
+        VARIANT_FORMAT,
+        ProjectionHead,
+        backbone_state,
+        load_variant,
+        save_variant,
+        tail_blocks,
+        tail_forward,
+        variant_path,
+    )
+    from gate.metric.losses import MINING_STRATEGIES, make_loss
+    from gate.metric.sampler import PKSampler
+    from gate_plugins.dlib_torch import DlibTorchEncoder, DlibTorchOptions
+
+    started = time.perf_counter()
+    name = loss.strip().lower()
+    if name not in DEFAULT_LOSS_OPTIONS:
+        raise TrainingError(f"unknown loss {loss!r}; choose one of {', '.join(TRAIN_LOSSES)}")
+    options = dict(DEFAULT_LOSS_OPTIONS[name])
+    if mining is not None:
+        if name != "triplet":
+            raise TrainingError("mining applies to the triplet loss only")
+        if mining not in MINING_STRATEGIES:
+            raise TrainingError(f"unknown mining {mining!r}: {', '.join(MINING_STRATEGIES)}")
+        options["mining"] = mining
+    options.update(loss_options or {})
+    if epochs < 1 or patience < 1 or augment_copies < 0 or p < 2 or k < 2:
+        raise TrainingError("epochs, patience >= 1, augment_copies >= 0, p and k >= 2")
+    try:
+        blocks = tail_blocks(unfreeze_blocks)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
+    target = variant_path(out)
+
+    # ---- faces, split, chips
+    torch.manual_seed(seed)
+    encoder_settings = {**(encoder_options or {}), "variant": None, "precision": "fp32"}
+    try:
+        encoder = DlibTorchEncoder(DlibTorchOptions(**encoder_settings))
+    except ValidationError as exc:
+        raise TrainingError(f"encoder options: {exc.errors()[0]['msg']}") from None
+    if detector is None:
+        from gate_plugins.yunet import YuNetDetector
+
+        detector = YuNetDetector()
+    device = encoder.device
+    model = encoder.model
+    skipped: list[dict[str, str]] = []
+    photos: list[_Photo] = []
+    padded = 0
+    for person, _path, image, face, was_padded in _faces(
+        person_folders(data_dir), detector, progress, skipped
+    ):
+        photos.append(_Photo(person, encoder.face_chips(image, face)))
+        padded += was_padded
+    faces_done = time.perf_counter()
+    train_people, val_people = split_people({ph.person for ph in photos}, val_fraction, seed)
+    classes = {person: i for i, person in enumerate(train_people)}
+    train_photos = [ph for ph in photos if ph.person in classes]
+    val_photos = [ph for ph in photos if ph.person not in classes]
+    val_ids = np.asarray([val_people.index(ph.person) for ph in val_photos])
+    if len(set(val_ids)) == len(val_ids):
+        raise TrainingError("the validation people need at least 2 photos each to form pairs")
+    counts = np.bincount([classes[ph.person] for ph in train_photos], minlength=len(classes))
+    if (counts >= 2).sum() < 2:
+        raise TrainingError("need at least 2 training people with 2 or more photos each")
+
+    # ---- cache the frozen part of the network: training chips, then validation views
+    augment = DoorCameraAugment(seed=seed)
+    flip = encoder.options.flip
+
+    def chips() -> Iterator[tuple[bool, int, np.ndarray]]:
+        for index, photo in enumerate(train_photos):
+            views = photo.chips
+            yield from ((True, index, chip) for chip in views)
+            for c in range(augment_copies):
+                bgr = np.ascontiguousarray(views[c % len(views)][:, :, ::-1])
+                yield True, index, np.ascontiguousarray(augment(bgr)[:, :, ::-1])
+        for index, photo in enumerate(val_photos):
+            for chip in photo.chips:
+                yield False, index, chip
+                if flip:
+                    yield False, index, _mirror(chip)
+
+    total = sum(len(ph.chips) + augment_copies for ph in train_photos) + sum(
+        len(ph.chips) * (2 if flip else 1) for ph in val_photos
+    )
+    step = encoder.options.batch_size
+    parts: dict[bool, list[torch.Tensor]] = {True: [], False: []}
+    owners: dict[bool, list[int]] = {True: [], False: []}
+    pending: list[tuple[bool, int, np.ndarray]] = []
+    done = 0
+    for item in chips():
+        pending.append(item)
+        if len(pending) == step or done + len(pending) == total:
+            out = _forward_chips(model, [c for _, _, c in pending], len(blocks), step, device)
+            for side in (True, False):
+                rows = [i for i, (s, _, _) in enumerate(pending) if s == side]
+                if rows:
+                    parts[side].append(out[rows])
+                    owners[side] += [pending[i][1] for i in rows]
+            done += len(pending)
+            pending.clear()
+            if progress:
+                progress("encoding", done, total)
+    train_feats, val_feats = torch.cat(parts[True]), torch.cat(parts[False])
+    train_owner_t = torch.as_tensor(owners[True])
+    val_owner_t = torch.as_tensor(owners[False])
+    del parts
+    entries = [torch.nonzero(train_owner_t == i).flatten() for i in range(len(train_photos))]
+    labels_all = torch.as_tensor([classes[ph.person] for ph in train_photos])
+    cached = time.perf_counter()
+
+    def val_embed(head: Any) -> np.ndarray:
+        return _evaluate(model, head, val_feats, val_owner_t, len(val_photos), len(blocks))
+
+    base_val = val_embed(None)  # the base encoder's descriptors of the validation photos
+    base_d, base_same = pair_distances(base_val, val_ids)
+    base_threshold = float(DlibTorchEncoder.threshold)
+
+    # ---- model, loss, optimiser
+    head = ProjectionHead(BASE_DIM, head_dim, hidden).to(device)
+    loss_fn = make_loss(name, head_dim, len(classes), **options).to(device)
+    tail_params = [
+        prm
+        for key, prm in model.named_parameters()
+        if key.startswith(tuple(f"blocks.{i}." for i in blocks)) or (blocks and key == "fc.weight")
+    ]
+    for prm in tail_params:
+        prm.requires_grad_(True)
+    groups = [{"params": list(head.parameters()), "lr": lr}]
+    if list(loss_fn.parameters()):
+        groups.append({"params": list(loss_fn.parameters()), "lr": 10 * lr})
+    if tail_params:
+        groups.append({"params": tail_params, "lr": lr / 10})
+    optimiser = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    p_eff = min(p, int((counts >= 2).sum()))
+    k_eff = min(k, max(2, int(np.median(counts))))
+    sampler = PKSampler(
+        labels_all.tolist(),
+        p=p_eff,
+        k=k_eff,
+        seed=seed,
+        batches_per_epoch=max(1, math.ceil(len(train_feats) / (p_eff * k_eff))),
+    )
+    pick = np.random.default_rng([seed, 1])
+
+    def embed_batch(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.stack([entries[i][pick.integers(len(entries[i]))] for i in indices])
+        x = tail_forward(model, train_feats[rows].to(device), len(blocks))
+        return head(x), labels_all[indices].to(device)
+
+    if list(loss_fn.parameters()):
+        with torch.no_grad():
+            clean = torch.stack([train_feats[e[0]] for e in entries]).to(device)
+            _init_classifier(
+                loss_fn, head(tail_forward(model, clean, len(blocks))).cpu(), labels_all
+            )
+
+    def run_epoch(epoch: int, learn: bool) -> float:
+        sampler.set_epoch(epoch)
+        head.train(learn)
+        losses = []
+        for indices in sampler:
+            with torch.set_grad_enabled(learn):
+                vectors, labels = embed_batch(indices)
+                value = loss_fn(vectors, labels)
+            if learn:
+                optimiser.zero_grad(set_to_none=True)
+                value.backward()
+                optimiser.step()
+            losses.append(float(value.detach()))
+        head.eval()
+        return float(np.mean(losses))
+
+    def snapshot() -> dict[str, Any]:
+        return {
+            "head": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()},
+            "backbone": backbone_state(model, len(blocks)),
+        }
+
+    def score(epoch: int, train_loss: float, seconds: float) -> dict[str, Any]:
+        metrics, _ = verification(val_embed(head), val_ids)
+        return {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            MONITOR: metrics["tar_at_far_1e-2"],
+            "tar_at_far_1e-3": metrics["tar_at_far_1e-3"],
+            "eer": metrics["eer"],
+            "seconds": seconds,
+        }
+
+    # ---- epochs (0: the untrained head, scored without learning)
+    history = [score(0, run_epoch(0, learn=False), 0.0)]
+    best, best_state, stale = history[0], snapshot(), 0
+    for epoch in range(1, epochs + 1):
+        tick = time.perf_counter()
+        train_loss = run_epoch(epoch, learn=True)
+        row = score(epoch, train_loss, time.perf_counter() - tick)
+        row["best"] = _better(row, best)
+        history.append(row)
+        if progress:
+            progress("training", epoch, epochs)
+        if row["best"]:
+            best, best_state, stale = row, snapshot(), 0
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    history[0]["best"] = best["epoch"] == 0
+    head.load_state_dict(best_state["head"])
+    if blocks:
+        model.load_state_dict(best_state["backbone"], strict=False)
+    for prm in tail_params:
+        prm.requires_grad_(False)
+    trained = time.perf_counter()
+
+    # ---- threshold and validation summary
+    variant_val = val_embed(head)
+    var_d, var_same = pair_distances(variant_val, val_ids)
+    threshold = choose_threshold(base_d[~base_same], var_d[~var_same], base_threshold)
+    base_metrics, _ = verification(base_val, val_ids, base_threshold)
+    variant_metrics, _ = verification(variant_val, val_ids, threshold)
+    validation = {
+        "people": len(val_people),
+        "photos": len(val_photos),
+        "base": base_metrics,
+        "variant": variant_metrics,
+        "threshold_rule": THRESHOLD_RULE,
+    }
+    data = {
+        "people": len({ph.person for ph in photos}),
+        "photos": len(photos),
+        "train_people": len(train_people),
+        "train_photos": len(train_photos),
+        "val_people": len(val_people),
+        "val_photos": len(val_photos),
+        "skipped_photos": len(skipped),
+        "padded_photos": padded,
+    }
+    settings = {
+        "epochs": epochs,
+        "epochs_run": len(history) - 1,
+        "best_epoch": best["epoch"],
+        "patience": patience,
+        "monitor": MONITOR,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "p": p_eff,
+        "k": k_eff,
+        "batches_per_epoch": len(sampler),
+        "optimizer": "AdamW",
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "augment": {"copies": augment_copies, "probabilities": augment.probabilities},
+        "views": list(encoder.options.alignments) + (["flip"] if encoder.options.flip else []),
+        "unfreeze_blocks": len(blocks),
+        "device": str(device),
+        "torch": torch.__version__,
+        "gate": __version__,
+    }
+    timings = {
+        "faces_s": round(faces_done - started, 3),
+        "cache_s": round(cached - faces_done, 3),
+        "train_s": round(trained - cached, 3),
+    }
+    timings["total_s"] = round(time.perf_counter() - started, 3)
+    record = {
+        "format": VARIANT_FORMAT,
+        "base": {"encoder": BASE_ENCODER, "space": BASE_SPACE, "dim": BASE_DIM},
+        "head": {**head.spec(), "state_dict": best_state["head"]},
+        "backbone": {"blocks": blocks, "fused": True, "state_dict": best_state["backbone"]},
+        "threshold": threshold,
+        "threshold_rule": THRESHOLD_RULE,
+        "base_threshold": base_threshold,
+        "loss": {"name": name, "options": options},
+        "training": settings,
+        "data": data,
+        "metrics": {"validation": validation, "history": history, "timings": timings},
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    save_variant(record, target)
+    variant = load_variant(target)
+    stem = target.with_suffix("") if target.suffix == ".pt" else target
+    metrics_json = stem.with_name(f"{stem.name}.metrics.json")
+    metrics_csv = stem.with_name(f"{stem.name}.metrics.csv")
+    report = {
+        "variant": str(target),
+        "space": variant.space,
+        "sha256": variant.sha256,
+        "threshold": threshold,
+        "loss": record["loss"],
+        "head": head.spec(),
+        "training": settings,
+        "data": data,
+        "validation": validation,
+        "timings": timings,
+        "history": history,
+        "skipped": skipped,
+    }
+    metrics_json.write_text(json.dumps(report, indent=2) + "\n")
+    with metrics_csv.open("w", newline="") as fh:
+        columns = ["epoch", "train_loss", MONITOR, "tar_at_far_1e-3", "eer", "seconds", "best"]
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+    return TrainResult(
+        path=target,
+        metrics_json=metrics_json,
+        metrics_csv=metrics_csv,
+        variant=variant,
+        history=history,
+        best_epoch=best["epoch"],
+        threshold=threshold,
+        validation=validation,
+        data=data,
+        timings=timings,
+        skipped=skipped,
+    )
