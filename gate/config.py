@@ -104,6 +104,9 @@ class MqttConfig(Section):
     topic_prefix: str = Field("gate", min_length=1, pattern=r"^[^#+]+$")
     keepalive_s: int = Field(30, ge=5, le=3600)
     ack_timeout_s: float = Field(1.0, gt=0, le=30, description="Wait this long for a PUBACK.")
+    connect_wait_s: float = Field(
+        5.0, ge=0, le=120, description="At start, wait this long for the broker before going on."
+    )
 
     @model_validator(mode="after")
     def _password_from_env(self) -> MqttConfig:

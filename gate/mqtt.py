@@ -35,6 +35,7 @@ class MqttLink:
         self._connected = threading.Event()
         self._stopping = False
         self._handlers: dict[str, MessageHandler] = {}
+        self._on_connected: list[Callable[[], None]] = []
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=config.client_id,
@@ -91,6 +92,11 @@ class MqttLink:
         for topic in self._handlers:
             client.subscribe(topic, qos=1)
         self._connected.set()
+        for callback in self._on_connected:
+            try:
+                callback()
+            except Exception:
+                logger.exception("MQTT on-connect callback failed")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self._connected.is_set() and not self._stopping:
@@ -138,6 +144,12 @@ class MqttLink:
         with lock:
             if messages.pop(mid, None) is not None and getattr(client, "_inflight_messages", 0):
                 client._inflight_messages -= 1
+
+    def on_connected(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` after every (re)connection, and now if connected."""
+        self._on_connected.append(callback)
+        if self.connected:
+            callback()
 
     def subscribe(self, topic: str, handler: MessageHandler) -> None:
         """Call ``handler(topic, payload)`` for messages on ``topic`` (kept across reconnects)."""

@@ -40,7 +40,7 @@ class HomeAssistantActuator(Actuator):
             self.link.subscribe(topics["lock_set"], self._on_lock_set)
             self.link.subscribe(topics["controller_state"], self._on_controller_state)
         self.link.subscribe(self.config.homeassistant.status_topic, self._on_ha_status)
-        self.announce_doors()
+        self.link.on_connected(self.announce_doors)
 
     def announce_doors(self) -> None:
         """Send every door's discovery messages and initial states (retained)."""
@@ -73,9 +73,17 @@ class HomeAssistantActuator(Actuator):
         if remote is None:
             logger.warning("no door loop to carry %s for %s", action, door)
             return
-        remote(
-            door, action, actor="home-assistant", reason="remote" if action == "unlock" else "lock"
-        )
+        # off the MQTT network thread: sending waits for the broker's acknowledgement
+        threading.Thread(
+            target=remote,
+            args=(door, action),
+            kwargs={
+                "actor": "home-assistant",
+                "reason": "remote" if action == "unlock" else "lock",
+            },
+            name=f"gate-remote-{door}",
+            daemon=True,
+        ).start()
 
     def _on_controller_state(self, topic: str, payload: bytes) -> None:
         door = self._door_of(topic, "controller_state")

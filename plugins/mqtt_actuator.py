@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 
 from gate import hookimpl
 from gate.components import Actuator
+
+logger = logging.getLogger("gate.mqtt")
 
 
 class MqttActuator(Actuator):
@@ -16,6 +19,9 @@ class MqttActuator(Actuator):
 
     def start(self) -> None:
         self.link = self.context.mqtt_link()
+        wait = self.context.config.mqtt.connect_wait_s
+        if not self.link.wait_connected(wait):
+            logger.warning("MQTT broker not reachable after %.0f s; going on, retrying", wait)
 
     def send(self, command) -> bool:
         topic = self.link.topic(command.door, "command")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import queue
 import signal
 import subprocess
@@ -79,7 +80,7 @@ def test_a_dead_camera_is_reopened_with_backoff():
     assert len(frames) == 12
     assert capture.reopened >= 2
     assert time.monotonic() - started >= 0.05 + 0.1  # waited, doubling, between tries
-    assert all(b.index == a.index + 1 for a, b in zip(frames, frames[1:], strict=False))
+    assert all(b.index == a.index + 1 for a, b in itertools.pairwise(frames))
 
 
 def test_giving_up_after_the_configured_attempts_ends_the_run_with_a_reason():

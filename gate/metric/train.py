@@ -36,7 +36,6 @@ import numpy as np
 from gate.errors import GateError
 
 if TYPE_CHECKING:
-    import torch
 
     from gate.components import Detector, Encoder, Face
     from gate.evaluation import OpenSetResult, Roc
@@ -76,8 +75,10 @@ TRAIN_LOSSES: tuple[str, ...] = tuple(DEFAULT_LOSS_OPTIONS)
 MONITOR = "tar_at_far_1e-2"
 THRESHOLD_RULE = (
     "the largest threshold (halfway to the next distance) at which the variant accepts no more "
-    "validation impostor pairs than the base encoder accepts at its own threshold"
+    "validation impostor pairs, and no more validation photos taken as strangers against the "
+    "training photos, than the base encoder accepts at its own threshold"
 )
+CSV_COLUMNS = ["epoch", "train_loss", MONITOR, "tar_at_far_1e-3", "eer", "auc", "seconds", "best"]
 
 
 class TrainingError(GateError):
@@ -292,26 +293,20 @@ def open_set(
     return summary, result
 
 
-def choose_threshold(
-    base_impostor: np.ndarray,
-    variant_impostor: np.ndarray,
-    base_threshold: float,
-) -> float:
-    """The variant's match threshold from impostor-pair distances on the validation people.
+def choose_threshold(base: np.ndarray, variant: np.ndarray, base_threshold: float) -> float:
+    """The largest threshold at which ``variant`` accepts no more of these distances than
+    ``base`` accepts at ``base_threshold`` (the same impostor pairs, or the same strangers'
+    nearest distances, measured by both encoders; accepted means ``distance <= threshold``).
 
-    Rule: let ``A`` be the number of impostor pairs the base encoder accepts
-    (``distance <= base_threshold``). The threshold is halfway between the largest variant
-    impostor distance that is below the ``(A+1)``-th smallest one and that ``(A+1)``-th
-    smallest one itself, so the variant accepts at most ``A`` of these pairs: its impostor
-    rejection rate is at least the base encoder's on the same validation data. When the base
-    accepts none, it is just below the smallest variant impostor distance; when the base
-    accepts them all, it is the largest one. Thresholds are clipped to ``(0, 2]``, the
-    distances between unit vectors.
+    With ``A`` the base encoder's accepted count, the threshold is halfway between the
+    ``(A+1)``-th smallest variant distance and the largest variant distance below it; just
+    below the smallest one when ``A == 0``; the largest one when every distance is accepted.
+    The result is clipped to ``(0, 2]``, the range of distances between unit vectors.
     """
-    base = np.asarray(base_impostor, np.float64)
-    ranked = np.sort(np.asarray(variant_impostor, np.float64))
+    base = np.asarray(base, np.float64)
+    ranked = np.sort(np.asarray(variant, np.float64))
     if ranked.size == 0:
-        raise TrainingError("no impostor pairs among the validation people")
+        raise TrainingError("no impostor distances to choose a threshold on")
     allowed = int((base <= base_threshold).sum())
     if allowed >= ranked.size:
         t = float(ranked[-1])
@@ -326,7 +321,7 @@ def choose_threshold(
 
 
 def split_people(
-    people: Sequence[str], val_fraction: float, seed: int
+    people: Sequence[str] | set[str], val_fraction: float, seed: int
 ) -> tuple[list[str], list[str]]:
     """``(train, validation)`` people: a seeded shuffle, ``round(n * val_fraction)`` (at least
     2) of them held out; both lists sorted."""
@@ -385,30 +380,22 @@ class TrainResult:
         }
 
 
-def _forward_chips(
-    model: Any, chips: list[np.ndarray], unfrozen: int, batch: int, device: str
-) -> torch.Tensor:
+def _forward_chips(model: Any, chips: list[np.ndarray], unfrozen: int, device: str) -> Any:
     """The frozen part of the network on RGB chips, as float32 CPU tensors."""
     import torch
 
     from gate.metric.head import trunk_forward
     from gate.nn.dlib_resnet import chips_to_tensor
 
-    out = []
     with torch.no_grad():  # not inference_mode: these tensors feed training later
-        for start in range(0, len(chips), batch):
-            x = chips_to_tensor(chips[start : start + batch]).to(device)
-            out.append(trunk_forward(model, x, unfrozen).float().cpu())
-    return torch.cat(out)
+        return trunk_forward(model, chips_to_tensor(chips).to(device), unfrozen).float().cpu()
 
 
 def _mirror(chip: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(chip[:, ::-1])
 
 
-def _evaluate(
-    model: Any, head: Any, feats: torch.Tensor, owner: torch.Tensor, n: int, unfrozen: int
-) -> np.ndarray:
+def _embed(model: Any, head: Any, feats: Any, owner: Any, n: int, unfrozen: int) -> np.ndarray:
     """Per-photo embeddings as the encoder makes them: the mean of the network outputs over
     all views and mirrors, then the head (None: the raw mean, as the base encoder)."""
     import torch
@@ -416,15 +403,52 @@ def _evaluate(
     from gate.metric.head import tail_forward
 
     with torch.inference_mode():
-        outputs = tail_forward(model, feats, unfrozen) if unfrozen else feats
-        mean = torch.zeros(n, outputs.shape[1]).index_add_(0, owner, outputs.float())
+        outputs = tail_forward(model, feats, unfrozen).float().cpu() if unfrozen else feats
+        mean = torch.zeros(n, outputs.shape[1]).index_add_(0, owner, outputs)
         mean /= torch.bincount(owner, minlength=n).clamp_min(1)[:, None]
-        return (mean if head is None else head(mean)).numpy()
+        device = next(model.parameters()).device
+        return (mean if head is None else head(mean.to(device)).cpu()).numpy()
 
 
-def _init_classifier(loss_fn: Any, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+def _validation_distances(
+    embeddings: np.ndarray, ids: np.ndarray, is_val: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair with a validation photo on at least one side (its distance, and whether it
+    is one person), and each validation photo's distance to its nearest training photo."""
+    x = embeddings.astype(np.float64)
+    sq = (x * x).sum(1)
+    full = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * (x @ x.T), 0.0))
+    i, j = np.triu_indices(len(x), 1)
+    keep = is_val[i] | is_val[j]
+    i, j = i[keep], j[keep]
+    return full[i, j], ids[i] == ids[j], full[np.ix_(is_val, ~is_val)].min(axis=1)
+
+
+def _validation_metrics(
+    d: np.ndarray, same: np.ndarray, nearest: np.ndarray, threshold: float | None = None
+) -> dict[str, Any]:
+    from gate.evaluation import eer, roc, tar_at_far
+
+    curve = roc(d, same)
+    out: dict[str, Any] = {
+        MONITOR: tar_at_far(d, same, 1e-2)[0],
+        "tar_at_far_1e-3": tar_at_far(d, same, 1e-3)[0],
+        "eer": eer(curve)[0],
+        "auc": float(np.trapezoid(curve.tar, curve.far)),
+    }
+    if threshold is not None:
+        out |= {
+            "threshold": threshold,
+            "tar_at_threshold": float((d[same] <= threshold).mean()),
+            "impostor_rejection": float((d[~same] > threshold).mean()),
+            "stranger_rejection": float((nearest > threshold).mean()),
+        }
+    return out
+
+
+def _init_classifier(loss_fn: Any, embeddings: Any, labels: Any) -> None:
     """Start a classification loss's class weights at the class centroids of the untrained
-    embeddings (cheap warm start: its first gradients then refine, not scramble, the space)."""
+    embeddings (a warm start: its first gradients then refine, not scramble, the space)."""
     import torch
     import torch.nn.functional as F
 
@@ -441,10 +465,10 @@ def _init_classifier(loss_fn: Any, embeddings: torch.Tensor, labels: torch.Tenso
 
 
 def _better(row: dict[str, Any], best: dict[str, Any]) -> bool:
-    """Higher validation TAR at FAR 1e-2; on a tie, lower EER."""
+    """Higher validation TAR at FAR 1e-2; on a tie, a higher ROC area."""
     if row[MONITOR] != best[MONITOR]:
         return row[MONITOR] > best[MONITOR]
-    return row["eer"] < best["eer"]
+    return row["auc"] > best["auc"]
 
 
 def train(
@@ -465,7 +489,7 @@ def train(
     k: int = 4,
     lr: float = 1e-3,
     weight_decay: float = 1e-4,
-    augment_copies: int = 8,
+    augment_copies: int = 6,
     detector: Detector | None = None,
     encoder_options: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
@@ -478,23 +502,28 @@ def train(
 
     * Split: :func:`split_people` with ``seed``; nobody in validation is trained on.
     * Data: every face found is aligned once into the encoder's views (YuNet's landmarks and
-      dlib's 5 points by default); per training photo its clean views and ``augment_copies``
-      augmented chips (a view each, in turn) go through the frozen network once.
+      dlib's 5 points by default). Each photo's views and their mirrors, and for a training
+      photo ``augment_copies`` augmented chips (a view each, in turn), go through the frozen
+      part of the network once and are cached.
     * Batches: :class:`PKSampler`, ``p`` people x ``k`` photos, each photo as a random one of
-      its cached chips; an epoch covers about every cached chip once.
+      its cached chips; an epoch covers about every cached training chip once.
     * Model: :class:`ProjectionHead` ``128 -> head_dim`` (``hidden`` makes it an MLP), plus the
       last ``unfreeze_blocks`` residual blocks and the final linear layer at a tenth of ``lr``.
       AdamW; classification losses get their class weights at ten times ``lr``, started at
       the class centroids.
     * Loss: ``loss`` from :data:`TRAIN_LOSSES` with :data:`DEFAULT_LOSS_OPTIONS` updated by
       ``loss_options`` (``mining`` for triplet: batch_all, batch_hard, semi_hard).
-    * Epoch 0 is the untrained head (the normalised base descriptor, rotated). After every
-      epoch the validation people's photos are embedded as the encoder does (all views and
-      mirrors averaged, then the head) and scored over all their pairs: TAR at FAR 1e-2, ties
-      broken by EER. The best epoch is kept (epoch 0 included); training stops after
-      ``patience`` epochs without improvement.
-    * Threshold: :func:`choose_threshold` on the validation impostor pairs, against the base
-      encoder at its default threshold (0.6).
+    * Validation, after every epoch: every photo is embedded as the encoder does it (views
+      and mirrors averaged, then the head), and every pair with a validation photo on at least
+      one side is scored (the validation people against each other and against the training
+      people's photos). Epoch 0 is the untrained head (the normalised base descriptor,
+      rotated). The epoch with the best TAR at FAR 1e-2 (ties: ROC area) is kept, epoch 0
+      included; training stops after ``patience`` epochs without improvement.
+    * Threshold: the smaller of two :func:`choose_threshold` values against the base encoder
+      at its default threshold (0.6): one on those validation impostor pairs, one on the
+      validation photos taken as strangers (their nearest distance to a training photo, the
+      training people being the enrolled ones). On the validation people the variant thus
+      rejects at least as many impostor pairs, and at least as many strangers, as the base.
 
     Everything is seeded by ``seed`` (split, augmentation, sampler, torch).
     """
@@ -532,107 +561,95 @@ def train(
             raise TrainingError(f"unknown mining {mining!r}: {', '.join(MINING_STRATEGIES)}")
         options["mining"] = mining
     options.update(loss_options or {})
-    if epochs < 1 or patience < 1 or augment_copies < 0 or p < 2 or k < 2:
-        raise TrainingError("epochs, patience >= 1, augment_copies >= 0, p and k >= 2")
+    if epochs < 1 or patience < 1 or augment_copies < 0 or p < 2 or k < 2 or head_dim < 1:
+        raise TrainingError("need epochs, patience, head_dim >= 1, augment_copies >= 0, p, k >= 2")
     try:
         blocks = tail_blocks(unfreeze_blocks)
     except ValueError as exc:
         raise TrainingError(str(exc)) from None
+    n_blocks = len(blocks)
     target = variant_path(out)
 
-    # ---- faces, split, chips
+    # ---- faces, split
     torch.manual_seed(seed)
-    encoder_settings = {**(encoder_options or {}), "variant": None, "precision": "fp32"}
+    settings = {**(encoder_options or {}), "variant": None, "precision": "fp32"}
     try:
-        encoder = DlibTorchEncoder(DlibTorchOptions(**encoder_settings))
+        encoder = DlibTorchEncoder(DlibTorchOptions(**settings))
     except ValidationError as exc:
         raise TrainingError(f"encoder options: {exc.errors()[0]['msg']}") from None
     if detector is None:
         from gate_plugins.yunet import YuNetDetector
 
         detector = YuNetDetector()
-    device = encoder.device
-    model = encoder.model
+    device, model, flip = encoder.device, encoder.model, encoder.options.flip
     skipped: list[dict[str, str]] = []
-    photos: list[_Photo] = []
+    found: list[_Photo] = []
     padded = 0
     for person, _path, image, face, was_padded in _faces(
         person_folders(data_dir), detector, progress, skipped
     ):
-        photos.append(_Photo(person, encoder.face_chips(image, face)))
+        found.append(_Photo(person, encoder.face_chips(image, face)))
         padded += was_padded
     faces_done = time.perf_counter()
-    train_people, val_people = split_people({ph.person for ph in photos}, val_fraction, seed)
+    train_people, val_people = split_people({ph.person for ph in found}, val_fraction, seed)
     classes = {person: i for i, person in enumerate(train_people)}
-    train_photos = [ph for ph in photos if ph.person in classes]
-    val_photos = [ph for ph in photos if ph.person not in classes]
-    val_ids = np.asarray([val_people.index(ph.person) for ph in val_photos])
-    if len(set(val_ids)) == len(val_ids):
+    photos = [ph for ph in found if ph.person in classes]  # training photos first
+    n_train = len(photos)
+    photos += [ph for ph in found if ph.person not in classes]
+    people_index = {person: i for i, person in enumerate(train_people + val_people)}
+    ids = np.asarray([people_index[ph.person] for ph in photos])
+    is_val = np.arange(len(photos)) >= n_train
+    if len(set(ids[is_val])) == is_val.sum():
         raise TrainingError("the validation people need at least 2 photos each to form pairs")
-    counts = np.bincount([classes[ph.person] for ph in train_photos], minlength=len(classes))
+    counts = np.bincount(ids[~is_val], minlength=len(classes))
     if (counts >= 2).sum() < 2:
         raise TrainingError("need at least 2 training people with 2 or more photos each")
 
-    # ---- cache the frozen part of the network: training chips, then validation views
+    # ---- cache the frozen part of the network (clean views and mirrors, augmented copies)
     augment = DoorCameraAugment(seed=seed)
-    flip = encoder.options.flip
 
-    def chips() -> Iterator[tuple[bool, int, np.ndarray]]:
-        for index, photo in enumerate(train_photos):
-            views = photo.chips
-            yield from ((True, index, chip) for chip in views)
-            for c in range(augment_copies):
-                bgr = np.ascontiguousarray(views[c % len(views)][:, :, ::-1])
-                yield True, index, np.ascontiguousarray(augment(bgr)[:, :, ::-1])
-        for index, photo in enumerate(val_photos):
+    def chips() -> Iterator[tuple[int, bool, np.ndarray]]:
+        for index, photo in enumerate(photos):
             for chip in photo.chips:
-                yield False, index, chip
+                yield index, True, chip
                 if flip:
-                    yield False, index, _mirror(chip)
+                    yield index, True, _mirror(chip)
+            for c in range(augment_copies if index < n_train else 0):
+                bgr = np.ascontiguousarray(photo.chips[c % len(photo.chips)][:, :, ::-1])
+                yield index, False, np.ascontiguousarray(augment(bgr)[:, :, ::-1])
 
-    total = sum(len(ph.chips) + augment_copies for ph in train_photos) + sum(
-        len(ph.chips) * (2 if flip else 1) for ph in val_photos
-    )
-    step = encoder.options.batch_size
-    parts: dict[bool, list[torch.Tensor]] = {True: [], False: []}
-    owners: dict[bool, list[int]] = {True: [], False: []}
-    pending: list[tuple[bool, int, np.ndarray]] = []
-    done = 0
+    total = sum(len(ph.chips) * (1 + flip) for ph in photos) + augment_copies * n_train
+    parts, owner, clean, pending = [], [], [], []
     for item in chips():
         pending.append(item)
-        if len(pending) == step or done + len(pending) == total:
-            out = _forward_chips(model, [c for _, _, c in pending], len(blocks), step, device)
-            for side in (True, False):
-                rows = [i for i, (s, _, _) in enumerate(pending) if s == side]
-                if rows:
-                    parts[side].append(out[rows])
-                    owners[side] += [pending[i][1] for i in rows]
-            done += len(pending)
+        if len(pending) == encoder.options.batch_size or len(owner) + len(pending) == total:
+            parts.append(_forward_chips(model, [c for _, _, c in pending], n_blocks, device))
+            owner += [index for index, _, _ in pending]
+            clean += [is_clean for _, is_clean, _ in pending]
             pending.clear()
             if progress:
-                progress("encoding", done, total)
-    train_feats, val_feats = torch.cat(parts[True]), torch.cat(parts[False])
-    train_owner_t = torch.as_tensor(owners[True])
-    val_owner_t = torch.as_tensor(owners[False])
+                progress("encoding", len(owner), total)
+    feats = torch.cat(parts)
     del parts
-    entries = [torch.nonzero(train_owner_t == i).flatten() for i in range(len(train_photos))]
-    labels_all = torch.as_tensor([classes[ph.person] for ph in train_photos])
+    owner_t, clean_t = torch.as_tensor(owner), torch.as_tensor(clean)
+    entries = [torch.nonzero(owner_t == i).flatten() for i in range(n_train)]
+    clean_feats, clean_owner = feats[clean_t], owner_t[clean_t]
+    labels_all = torch.as_tensor(ids[:n_train])
     cached = time.perf_counter()
 
-    def val_embed(head: Any) -> np.ndarray:
-        return _evaluate(model, head, val_feats, val_owner_t, len(val_photos), len(blocks))
+    def validate(head: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        vectors = _embed(model, head, clean_feats, clean_owner, len(photos), n_blocks)
+        return _validation_distances(vectors, ids, is_val)
 
-    base_val = val_embed(None)  # the base encoder's descriptors of the validation photos
-    base_d, base_same = pair_distances(base_val, val_ids)
+    base_d, same, base_nearest = validate(None)  # the base encoder, as it is
     base_threshold = float(DlibTorchEncoder.threshold)
 
     # ---- model, loss, optimiser
     head = ProjectionHead(BASE_DIM, head_dim, hidden).to(device)
     loss_fn = make_loss(name, head_dim, len(classes), **options).to(device)
+    prefixes = (*(f"blocks.{i}." for i in blocks), "fc.") if blocks else ()
     tail_params = [
-        prm
-        for key, prm in model.named_parameters()
-        if key.startswith(tuple(f"blocks.{i}." for i in blocks)) or (blocks and key == "fc.weight")
+        prm for key, prm in model.named_parameters() if prefixes and key.startswith(prefixes)
     ]
     for prm in tail_params:
         prm.requires_grad_(True)
@@ -649,53 +666,44 @@ def train(
         p=p_eff,
         k=k_eff,
         seed=seed,
-        batches_per_epoch=max(1, math.ceil(len(train_feats) / (p_eff * k_eff))),
+        batches_per_epoch=max(1, math.ceil(sum(len(e) for e in entries) / (p_eff * k_eff))),
     )
     pick = np.random.default_rng([seed, 1])
 
-    def embed_batch(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = torch.stack([entries[i][pick.integers(len(entries[i]))] for i in indices])
-        x = tail_forward(model, train_feats[rows].to(device), len(blocks))
-        return head(x), labels_all[indices].to(device)
+    def forward(rows: Any) -> Any:
+        return head(tail_forward(model, feats[rows].to(device), n_blocks))
 
     if list(loss_fn.parameters()):
         with torch.no_grad():
-            clean = torch.stack([train_feats[e[0]] for e in entries]).to(device)
-            _init_classifier(
-                loss_fn, head(tail_forward(model, clean, len(blocks))).cpu(), labels_all
-            )
+            start = forward(torch.stack([e[0] for e in entries])).cpu()
+        _init_classifier(loss_fn, start, labels_all)
 
     def run_epoch(epoch: int, learn: bool) -> float:
         sampler.set_epoch(epoch)
-        head.train(learn)
         losses = []
         for indices in sampler:
+            rows = torch.stack([entries[i][pick.integers(len(entries[i]))] for i in indices])
             with torch.set_grad_enabled(learn):
-                vectors, labels = embed_batch(indices)
-                value = loss_fn(vectors, labels)
+                value = loss_fn(forward(rows), labels_all[indices].to(device))
             if learn:
                 optimiser.zero_grad(set_to_none=True)
                 value.backward()
                 optimiser.step()
             losses.append(float(value.detach()))
-        head.eval()
         return float(np.mean(losses))
 
     def snapshot() -> dict[str, Any]:
         return {
             "head": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()},
-            "backbone": backbone_state(model, len(blocks)),
+            "backbone": backbone_state(model, n_blocks),
         }
 
     def score(epoch: int, train_loss: float, seconds: float) -> dict[str, Any]:
-        metrics, _ = verification(val_embed(head), val_ids)
         return {
             "epoch": epoch,
             "train_loss": train_loss,
-            MONITOR: metrics["tar_at_far_1e-2"],
-            "tar_at_far_1e-3": metrics["tar_at_far_1e-3"],
-            "eer": metrics["eer"],
-            "seconds": seconds,
+            **_validation_metrics(*validate(head)),
+            "seconds": round(seconds, 3),
         }
 
     # ---- epochs (0: the untrained head, scored without learning)
@@ -724,29 +732,32 @@ def train(
     trained = time.perf_counter()
 
     # ---- threshold and validation summary
-    variant_val = val_embed(head)
-    var_d, var_same = pair_distances(variant_val, val_ids)
-    threshold = choose_threshold(base_d[~base_same], var_d[~var_same], base_threshold)
-    base_metrics, _ = verification(base_val, val_ids, base_threshold)
-    variant_metrics, _ = verification(variant_val, val_ids, threshold)
+    var_d, _, var_nearest = validate(head)
+    threshold = min(
+        choose_threshold(base_d[~same], var_d[~same], base_threshold),
+        choose_threshold(base_nearest, var_nearest, base_threshold),
+    )
     validation = {
         "people": len(val_people),
-        "photos": len(val_photos),
-        "base": base_metrics,
-        "variant": variant_metrics,
+        "photos": int(is_val.sum()),
+        "genuine_pairs": int(same.sum()),
+        "impostor_pairs": int((~same).sum()),
+        "strangers": int(is_val.sum()),
+        "base": _validation_metrics(base_d, same, base_nearest, base_threshold),
+        "variant": _validation_metrics(var_d, same, var_nearest, threshold),
         "threshold_rule": THRESHOLD_RULE,
     }
     data = {
-        "people": len({ph.person for ph in photos}),
+        "people": len(people_index),
         "photos": len(photos),
         "train_people": len(train_people),
-        "train_photos": len(train_photos),
+        "train_photos": n_train,
         "val_people": len(val_people),
-        "val_photos": len(val_photos),
+        "val_photos": len(photos) - n_train,
         "skipped_photos": len(skipped),
         "padded_photos": padded,
     }
-    settings = {
+    training = {
         "epochs": epochs,
         "epochs_run": len(history) - 1,
         "best_epoch": best["epoch"],
@@ -761,18 +772,18 @@ def train(
         "lr": lr,
         "weight_decay": weight_decay,
         "augment": {"copies": augment_copies, "probabilities": augment.probabilities},
-        "views": list(encoder.options.alignments) + (["flip"] if encoder.options.flip else []),
-        "unfreeze_blocks": len(blocks),
+        "views": [*encoder.options.alignments, *(["flip"] if flip else [])],
+        "unfreeze_blocks": n_blocks,
         "device": str(device),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "gate": __version__,
     }
     timings = {
         "faces_s": round(faces_done - started, 3),
         "cache_s": round(cached - faces_done, 3),
         "train_s": round(trained - cached, 3),
+        "total_s": round(time.perf_counter() - started, 3),
     }
-    timings["total_s"] = round(time.perf_counter() - started, 3)
     record = {
         "format": VARIANT_FORMAT,
         "base": {"encoder": BASE_ENCODER, "space": BASE_SPACE, "dim": BASE_DIM},
@@ -782,16 +793,16 @@ def train(
         "threshold_rule": THRESHOLD_RULE,
         "base_threshold": base_threshold,
         "loss": {"name": name, "options": options},
-        "training": settings,
+        "training": training,
         "data": data,
         "metrics": {"validation": validation, "history": history, "timings": timings},
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     save_variant(record, target)
     variant = load_variant(target)
-    stem = target.with_suffix("") if target.suffix == ".pt" else target
-    metrics_json = stem.with_name(f"{stem.name}.metrics.json")
-    metrics_csv = stem.with_name(f"{stem.name}.metrics.csv")
+    stem = target.name[: -len(".pt")] if target.name.endswith(".pt") else target.name
+    metrics_json = target.with_name(f"{stem}.metrics.json")
+    metrics_csv = target.with_name(f"{stem}.metrics.csv")
     report = {
         "variant": str(target),
         "space": variant.space,
@@ -799,7 +810,7 @@ def train(
         "threshold": threshold,
         "loss": record["loss"],
         "head": head.spec(),
-        "training": settings,
+        "training": training,
         "data": data,
         "validation": validation,
         "timings": timings,
@@ -808,8 +819,7 @@ def train(
     }
     metrics_json.write_text(json.dumps(report, indent=2) + "\n")
     with metrics_csv.open("w", newline="") as fh:
-        columns = ["epoch", "train_loss", MONITOR, "tar_at_far_1e-3", "eer", "seconds", "best"]
-        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(history)
     return TrainResult(
