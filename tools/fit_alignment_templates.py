@@ -36,6 +36,11 @@ def dlib_image_to_chip(details) -> np.ndarray:
     return np.linalg.inv(np.vstack([np.hstack([linear, offset[:, None]]), [0, 0, 1]]))[:2]
 
 
+def _distance(face, point) -> float:
+    x, y, w, h = face.box
+    return float(np.hypot(x + w / 2 - point[0], y + h / 2 - point[1]))
+
+
 def apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ matrix[:, :2].T + matrix[:, 2]
 
@@ -60,12 +65,7 @@ def main() -> None:
             shape = _dlib.shape_predictor()(rgb, rect)
             to_chip = dlib_image_to_chip(dlib.get_face_chip_details(shape, 150, 0.25))
             centre = np.array([rect.center().x, rect.center().y])
-            near = [
-                f
-                for f in faces
-                if np.hypot(f.box[0] + f.box[2] / 2 - centre[0], f.box[1] + f.box[3] / 2 - centre[1])
-                < 0.3 * rect.width()
-            ]
+            near = [f for f in faces if _distance(f, centre) < 0.3 * rect.width()]
             if len(near) == 1:
                 records.append((to_chip, near[0].landmarks, _dlib.shape_points(shape)))
     yunet5 = np.mean([apply(m, y) for m, y, _ in records], axis=0)
@@ -82,8 +82,8 @@ def main() -> None:
     print(f"faces used: {len(records)}")
     print("yunet5 =", np.round(yunet5, 3).tolist())
     print("dlib5 =", np.round(dlib5, 3).tolist())
-    print(f"dlib5: chip corners off by median {np.median(miss_dlib):.3f} chip px, max {max(miss_dlib):.3f}")
-    print(f"yunet5: chip corners off by median {np.median(miss_yunet):.3f} chip px, max {max(miss_yunet):.3f}")
+    for name, miss in (("dlib5", miss_dlib), ("yunet5", miss_yunet)):
+        print(f"{name}: corners off by median {np.median(miss):.3f} chip px, max {max(miss):.3f}")
 
 
 if __name__ == "__main__":
