@@ -20,7 +20,7 @@ from datetime import datetime
 
 import numpy as np
 
-from gate.access import AccessRequest, Verdict
+from gate.access import AccessRequest, Verdict, builtin_policy
 from gate.capture import END, Capture, Frame, Source, open_source
 from gate.components import Actuator, DoorCommand, Encoder
 from gate.database import GateDB
@@ -195,18 +195,14 @@ class DoorLoop:
             anti_passback=self.config.policy.anti_passback,
             without_rules=self.config.policy.without_rules,
         )
+        if self.hook is None:  # no plugin manager: gate's own rules
+            return builtin_policy(request)
         try:
-            verdict = self.hook.access_policy(request=request) if self.hook else None
+            verdict = self.hook.access_policy(request=request)
         except Exception:
             logger.exception("access policy failed for %s at %s", person.name, door.name)
             return Verdict(False, "policy_error")
-        if verdict is None:
-            from gate.access import builtin_policy
-
-            verdict = (
-                builtin_policy(request) if self.hook is None else Verdict(False, "policy_error")
-            )
-        return verdict
+        return verdict if verdict is not None else Verdict(False, "policy_error")
 
     def _act(self, outcome: Outcome, frame: Frame) -> AccessEvent:
         match = outcome.recognition.match

@@ -141,3 +141,69 @@ def test_a_plugin_policy_vetoes_before_the_built_in_rules(pm, site):
     assert pm.hook.access_policy(request=request) == Verdict(False, "alarm_armed")
     alarm.armed = False  # returning None hands the decision on to gate's rules
     assert pm.hook.access_policy(request=request) == Verdict(True, "granted")
+
+
+@pytest.fixture
+def obama_at_the_door(tmp_path, pm):
+    """obama enrolled, door front watching a folder of four photos of him."""
+    import shutil
+
+    from gate.config import parse_config
+    from gate.database import GateDB
+    from gate.demo import sample_path
+    from gate.enrollment import enroll
+    from gate.pipeline import Pipeline
+
+    photo = sample_path("people", "obama", "obama.jpg")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(4):
+        shutil.copy(photo, folder / f"{i}.jpg")
+    config = parse_config(
+        {"pipeline": {"actuators": ["log"]}, "decision": {"confirm_frames": 2, "window_frames": 3}}
+    )
+    pipeline = Pipeline(config, pm.registry)
+    db = GateDB(tmp_path / "gate.db")
+    assert enroll(db, pipeline, "obama", [photo]).stored
+    db.add_door("front", source=str(folder))
+    db.add_door("back")
+    yield pipeline, db
+    pipeline.close()
+    db.close()
+
+
+def run_front(pipeline, db, pm):
+    from gate.doors import doors_for_run
+    from gate.runner import Runner
+
+    return Runner(
+        pipeline, db.path, doors_for_run(db, pipeline.config, [], None), hook=pm.hook
+    ).run()
+
+
+def test_the_loop_logs_a_refused_person_with_the_reason_and_sends_nothing(obama_at_the_door, pm):
+    pipeline, db = obama_at_the_door
+    db.add_group("staff")
+    db.join("staff", ["obama"])
+    db.add_rule("staff", "back", parse_days("daily"), "00:00", "24:00")
+    stats = run_front(pipeline, db, pm)["front"]
+    assert stats.granted == 0
+    (event,) = db.events()
+    assert (event.decision, event.reason, event.person) == ("denied", "not_allowed", "obama")
+    db.add_rule("staff", "front", parse_days("daily"), "00:00", "24:00")
+    run_front(pipeline, db, pm)
+    assert db.events()[0].decision == "granted"
+
+
+def test_a_failing_policy_plugin_denies(obama_at_the_door, pm):
+    pipeline, db = obama_at_the_door
+
+    class Broken:
+        @hookimpl
+        def access_policy(self, request):
+            raise RuntimeError("alarm panel unreachable")
+
+    pm.register_plugin(Broken(), "broken", "0", "test")
+    run_front(pipeline, db, pm)
+    (event,) = db.events()
+    assert (event.decision, event.reason) == ("denied", "policy_error")

@@ -36,7 +36,6 @@ import numpy as np
 from gate.errors import GateError
 
 if TYPE_CHECKING:
-
     from gate.components import Detector, Encoder, Face
     from gate.evaluation import OpenSetResult, Roc
     from gate.metric.head import Variant
@@ -74,9 +73,10 @@ DEFAULT_LOSS_OPTIONS: dict[str, dict[str, Any]] = {
 TRAIN_LOSSES: tuple[str, ...] = tuple(DEFAULT_LOSS_OPTIONS)
 MONITOR = "tar_at_far_1e-2"
 THRESHOLD_RULE = (
-    "the largest threshold (halfway to the next distance) at which the variant accepts no more "
-    "validation impostor pairs, and no more validation photos taken as strangers against the "
-    "training photos, than the base encoder accepts at its own threshold"
+    "cross-fitted over people: the largest threshold (halfway to the next distance) at which "
+    "the heads trained without each fold accept no more of that fold's impostor pairs, and no "
+    "more of its photos taken as strangers against their training photos, than the base "
+    "encoder at its own threshold, over all folds together"
 )
 CSV_COLUMNS = ["epoch", "train_loss", MONITOR, "tar_at_far_1e-3", "eer", "auc", "seconds", "best"]
 
@@ -471,6 +471,163 @@ def _better(row: dict[str, Any], best: dict[str, Any]) -> bool:
     return row["auc"] > best["auc"]
 
 
+def calibration_folds(
+    people: Sequence[str], val_people: Sequence[str], seed: int
+) -> list[list[str]]:
+    """Folds of people for the threshold: the validation people first, then the others in
+    seeded groups of the same size (a last group of one joins the one before)."""
+    rest = sorted(set(people) - set(val_people))
+    order = np.random.default_rng([seed, 2]).permutation(len(rest))
+    size = max(2, len(val_people))
+    groups = [[rest[i] for i in order[j : j + size]] for j in range(0, len(rest), size)]
+    if len(groups) > 1 and len(groups[-1]) < 2:
+        groups[-2] += groups.pop()
+    return [sorted(val_people), *(sorted(g) for g in groups)]
+
+
+@dataclass
+class _Fitter:
+    """Fits a head (and the network's tail) on the cached outputs of some people's photos."""
+
+    model: Any
+    feats: Any  # cached outputs of the frozen part, one row per chip
+    entries: list[Any]  # per photo: its rows in feats (clean views and augmented copies)
+    ids: np.ndarray  # per photo: person index
+    n_blocks: int
+    device: str
+    loss: str
+    options: dict[str, Any]
+    head_spec: dict[str, Any]
+    lr: float
+    weight_decay: float
+    p: int
+    k: int
+    start_tail: dict[str, Any]  # the network's own tail weights
+
+    def fit(
+        self,
+        train: np.ndarray,
+        epochs: int,
+        seed: int,
+        patience: int | None = None,
+        score: Callable[[Any, int, float, float], dict[str, Any]] | None = None,
+        progress: Progress | None = None,
+    ) -> tuple[Any, dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+        """Train on the photos where ``train`` is True for ``epochs`` epochs.
+
+        With ``score`` (``score(head, epoch, train_loss, seconds) -> row``) every epoch is
+        scored, epoch 0 being the untrained head, the best kept and training stopped after
+        ``patience`` epochs without improvement. Returns the head (best weights loaded, the
+        network's tail too), those weights, the history and the batch settings.
+        """
+        import torch
+
+        from gate.metric.head import ProjectionHead, backbone_state, tail_forward
+        from gate.metric.losses import make_loss
+        from gate.metric.sampler import PKSampler
+
+        torch.manual_seed(seed)
+        model, n_blocks, device = self.model, self.n_blocks, self.device
+        if n_blocks:
+            model.load_state_dict(self.start_tail, strict=False)
+        photos = np.flatnonzero(train)
+        classes = {person: c for c, person in enumerate(sorted(set(self.ids[photos])))}
+        labels = torch.as_tensor([classes[self.ids[i]] for i in photos])
+        entries = [self.entries[i] for i in photos]
+        head = ProjectionHead.from_spec(self.head_spec).to(device)
+        loss_fn = make_loss(self.loss, head.out_dim, len(classes), **self.options).to(device)
+        tail = [prm for _, prm in self._tail_parameters()]
+        for prm in tail:
+            prm.requires_grad_(True)
+        groups = [{"params": list(head.parameters()), "lr": self.lr}]
+        if list(loss_fn.parameters()):
+            groups.append({"params": list(loss_fn.parameters()), "lr": 10 * self.lr})
+        if tail:
+            groups.append({"params": tail, "lr": self.lr / 10})
+        optimiser = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+        counts = np.bincount(labels.numpy(), minlength=len(classes))
+        p = min(self.p, int((counts >= 2).sum()))
+        k = min(self.k, max(2, int(np.median(counts))))
+        chips = sum(len(e) for e in entries)
+        sampler = PKSampler(
+            labels.tolist(),
+            p=p,
+            k=k,
+            seed=seed,
+            batches_per_epoch=max(1, math.ceil(chips / (p * k))),
+        )
+        pick = np.random.default_rng([seed, 1])
+
+        def forward(rows: Any) -> Any:
+            return head(tail_forward(model, self.feats[rows].to(device), n_blocks))
+
+        if list(loss_fn.parameters()):
+            with torch.no_grad():
+                first = forward(torch.stack([e[0] for e in entries])).cpu()
+            _init_classifier(loss_fn, first, labels)
+
+        def run_epoch(epoch: int, learn: bool) -> float:
+            sampler.set_epoch(epoch)
+            losses = []
+            for batch in sampler:
+                rows = torch.stack([entries[i][pick.integers(len(entries[i]))] for i in batch])
+                with torch.set_grad_enabled(learn):
+                    value = loss_fn(forward(rows), labels[batch].to(device))
+                if learn:
+                    optimiser.zero_grad(set_to_none=True)
+                    value.backward()
+                    optimiser.step()
+                losses.append(float(value.detach()))
+            return float(np.mean(losses))
+
+        def snapshot() -> dict[str, Any]:
+            return {
+                "head": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()},
+                "backbone": backbone_state(model, n_blocks),
+            }
+
+        history: list[dict[str, Any]] = []
+        if score is not None:
+            history.append(score(head, 0, run_epoch(0, learn=False), 0.0))
+        best, best_state, stale = (history[0] if history else None), snapshot(), 0
+        for epoch in range(1, epochs + 1):
+            tick = time.perf_counter()
+            train_loss = run_epoch(epoch, learn=True)
+            if progress:
+                progress("training", epoch, epochs)
+            if score is None:
+                continue
+            row = score(head, epoch, train_loss, time.perf_counter() - tick)
+            row["best"] = _better(row, best)
+            history.append(row)
+            if row["best"]:
+                best, best_state, stale = row, snapshot(), 0
+            else:
+                stale += 1
+                if patience is not None and stale >= patience:
+                    break
+        if score is None:
+            best_state = snapshot()
+        else:
+            history[0]["best"] = best["epoch"] == 0
+            head.load_state_dict(best_state["head"])
+            if n_blocks:
+                model.load_state_dict(best_state["backbone"], strict=False)
+        for prm in tail:
+            prm.requires_grad_(False)
+        batches = {"p": p, "k": k, "batches_per_epoch": len(sampler)}
+        return head.eval(), best_state, history, batches
+
+    def _tail_parameters(self) -> list[tuple[str, Any]]:
+        from gate.metric.head import tail_blocks
+
+        blocks = tail_blocks(self.n_blocks)
+        prefixes = (*(f"blocks.{i}." for i in blocks), "fc.")
+        return [
+            (k, v) for k, v in self.model.named_parameters() if blocks and k.startswith(prefixes)
+        ]
+
+
 def train(
     data_dir: str | os.PathLike[str],
     loss: str = "triplet",
@@ -519,13 +676,19 @@ def train(
       people's photos). Epoch 0 is the untrained head (the normalised base descriptor,
       rotated). The epoch with the best TAR at FAR 1e-2 (ties: ROC area) is kept, epoch 0
       included; training stops after ``patience`` epochs without improvement.
-    * Threshold: the smaller of two :func:`choose_threshold` values against the base encoder
-      at its default threshold (0.6): one on those validation impostor pairs, one on the
-      validation photos taken as strangers (their nearest distance to a training photo, the
-      training people being the enrolled ones). On the validation people the variant thus
-      rejects at least as many impostor pairs, and at least as many strangers, as the base.
+    * Threshold, cross-fitted over people: the validation people are fold 0 and the other
+      people are dealt into folds of the same size (:func:`calibration_folds`). For every
+      other fold a head is trained the same way on everybody outside it, for as many epochs
+      as the kept model. Each fold's photos are then strangers to the model that never saw
+      them: their distance to the nearest photo of the people it was trained on, and their
+      impostor pairs, are measured by that model and by the base encoder. The threshold is
+      the smaller of the two :func:`choose_threshold` values on these pooled distances
+      against the base encoder at its default threshold (0.6): over every person of the
+      folder, the variant recipe rejects at least as many strangers and impostor pairs as
+      the base encoder. (A rule on the validation people alone rests on a handful of faces;
+      which strangers get accepted depends mostly on who they are.)
 
-    Everything is seeded by ``seed`` (split, augmentation, sampler, torch).
+    Everything is seeded by ``seed`` (split, folds, augmentation, sampler, torch).
     """
     import torch
     from pydantic import ValidationError
@@ -542,11 +705,9 @@ def train(
         load_variant,
         save_variant,
         tail_blocks,
-        tail_forward,
         variant_path,
     )
-    from gate.metric.losses import MINING_STRATEGIES, make_loss
-    from gate.metric.sampler import PKSampler
+    from gate.metric.losses import MINING_STRATEGIES
     from gate_plugins.dlib_torch import DlibTorchEncoder, DlibTorchOptions
 
     started = time.perf_counter()
@@ -565,6 +726,7 @@ def train(
         raise TrainingError("need epochs, patience, head_dim >= 1, augment_copies >= 0, p, k >= 2")
     try:
         blocks = tail_blocks(unfreeze_blocks)
+        head_spec = ProjectionHead(BASE_DIM, head_dim, hidden).spec()
     except ValueError as exc:
         raise TrainingError(str(exc)) from None
     n_blocks = len(blocks)
@@ -583,48 +745,47 @@ def train(
         detector = YuNetDetector()
     device, model, flip = encoder.device, encoder.model, encoder.options.flip
     skipped: list[dict[str, str]] = []
-    found: list[_Photo] = []
+    photos: list[_Photo] = []
     padded = 0
     for person, _path, image, face, was_padded in _faces(
         person_folders(data_dir), detector, progress, skipped
     ):
-        found.append(_Photo(person, encoder.face_chips(image, face)))
+        photos.append(_Photo(person, encoder.face_chips(image, face)))
         padded += was_padded
     faces_done = time.perf_counter()
-    train_people, val_people = split_people({ph.person for ph in found}, val_fraction, seed)
-    classes = {person: i for i, person in enumerate(train_people)}
-    photos = [ph for ph in found if ph.person in classes]  # training photos first
-    n_train = len(photos)
-    photos += [ph for ph in found if ph.person not in classes]
-    people_index = {person: i for i, person in enumerate(train_people + val_people)}
-    ids = np.asarray([people_index[ph.person] for ph in photos])
-    is_val = np.arange(len(photos)) >= n_train
+    everyone = sorted({ph.person for ph in photos})
+    train_people, val_people = split_people(everyone, val_fraction, seed)
+    folds = calibration_folds(everyone, val_people, seed)
+    index = {person: i for i, person in enumerate(everyone)}
+    ids = np.asarray([index[ph.person] for ph in photos])
+    fold_masks = [np.isin(ids, [index[person] for person in fold]) for fold in folds]
+    is_val = fold_masks[0]
     if len(set(ids[is_val])) == is_val.sum():
         raise TrainingError("the validation people need at least 2 photos each to form pairs")
-    counts = np.bincount(ids[~is_val], minlength=len(classes))
-    if (counts >= 2).sum() < 2:
-        raise TrainingError("need at least 2 training people with 2 or more photos each")
+    for mask in fold_masks:
+        if (np.bincount(ids[~mask]) >= 2).sum() < 2:
+            raise TrainingError("need at least 2 training people with 2 or more photos each")
 
     # ---- cache the frozen part of the network (clean views and mirrors, augmented copies)
     augment = DoorCameraAugment(seed=seed)
 
     def chips() -> Iterator[tuple[int, bool, np.ndarray]]:
-        for index, photo in enumerate(photos):
+        for number, photo in enumerate(photos):
             for chip in photo.chips:
-                yield index, True, chip
+                yield number, True, chip
                 if flip:
-                    yield index, True, _mirror(chip)
-            for c in range(augment_copies if index < n_train else 0):
+                    yield number, True, _mirror(chip)
+            for c in range(augment_copies):
                 bgr = np.ascontiguousarray(photo.chips[c % len(photo.chips)][:, :, ::-1])
-                yield index, False, np.ascontiguousarray(augment(bgr)[:, :, ::-1])
+                yield number, False, np.ascontiguousarray(augment(bgr)[:, :, ::-1])
 
-    total = sum(len(ph.chips) * (1 + flip) for ph in photos) + augment_copies * n_train
+    total = sum(len(ph.chips) * (1 + flip) + augment_copies for ph in photos)
     parts, owner, clean, pending = [], [], [], []
     for item in chips():
         pending.append(item)
         if len(pending) == encoder.options.batch_size or len(owner) + len(pending) == total:
             parts.append(_forward_chips(model, [c for _, _, c in pending], n_blocks, device))
-            owner += [index for index, _, _ in pending]
+            owner += [number for number, _, _ in pending]
             clean += [is_clean for _, is_clean, _ in pending]
             pending.clear()
             if progress:
@@ -632,142 +793,103 @@ def train(
     feats = torch.cat(parts)
     del parts
     owner_t, clean_t = torch.as_tensor(owner), torch.as_tensor(clean)
-    entries = [torch.nonzero(owner_t == i).flatten() for i in range(n_train)]
     clean_feats, clean_owner = feats[clean_t], owner_t[clean_t]
-    labels_all = torch.as_tensor(ids[:n_train])
     cached = time.perf_counter()
 
-    def validate(head: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        vectors = _embed(model, head, clean_feats, clean_owner, len(photos), n_blocks)
-        return _validation_distances(vectors, ids, is_val)
+    def embed(head: Any) -> np.ndarray:
+        return _embed(model, head, clean_feats, clean_owner, len(photos), n_blocks)
 
-    base_d, same, base_nearest = validate(None)  # the base encoder, as it is
+    base_vectors = embed(None)  # the base encoder, as it is
     base_threshold = float(DlibTorchEncoder.threshold)
-
-    # ---- model, loss, optimiser
-    head = ProjectionHead(BASE_DIM, head_dim, hidden).to(device)
-    loss_fn = make_loss(name, head_dim, len(classes), **options).to(device)
-    prefixes = (*(f"blocks.{i}." for i in blocks), "fc.") if blocks else ()
-    tail_params = [
-        prm for key, prm in model.named_parameters() if prefixes and key.startswith(prefixes)
-    ]
-    for prm in tail_params:
-        prm.requires_grad_(True)
-    groups = [{"params": list(head.parameters()), "lr": lr}]
-    if list(loss_fn.parameters()):
-        groups.append({"params": list(loss_fn.parameters()), "lr": 10 * lr})
-    if tail_params:
-        groups.append({"params": tail_params, "lr": lr / 10})
-    optimiser = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-    p_eff = min(p, int((counts >= 2).sum()))
-    k_eff = min(k, max(2, int(np.median(counts))))
-    sampler = PKSampler(
-        labels_all.tolist(),
-        p=p_eff,
-        k=k_eff,
-        seed=seed,
-        batches_per_epoch=max(1, math.ceil(sum(len(e) for e in entries) / (p_eff * k_eff))),
+    fitter = _Fitter(
+        model=model,
+        feats=feats,
+        entries=[torch.nonzero(owner_t == i).flatten() for i in range(len(photos))],
+        ids=ids,
+        n_blocks=n_blocks,
+        device=device,
+        loss=name,
+        options=options,
+        head_spec=head_spec,
+        lr=lr,
+        weight_decay=weight_decay,
+        p=p,
+        k=k,
+        start_tail=backbone_state(model, n_blocks),
     )
-    pick = np.random.default_rng([seed, 1])
 
-    def forward(rows: Any) -> Any:
-        return head(tail_forward(model, feats[rows].to(device), n_blocks))
-
-    if list(loss_fn.parameters()):
-        with torch.no_grad():
-            start = forward(torch.stack([e[0] for e in entries])).cpu()
-        _init_classifier(loss_fn, start, labels_all)
-
-    def run_epoch(epoch: int, learn: bool) -> float:
-        sampler.set_epoch(epoch)
-        losses = []
-        for indices in sampler:
-            rows = torch.stack([entries[i][pick.integers(len(entries[i]))] for i in indices])
-            with torch.set_grad_enabled(learn):
-                value = loss_fn(forward(rows), labels_all[indices].to(device))
-            if learn:
-                optimiser.zero_grad(set_to_none=True)
-                value.backward()
-                optimiser.step()
-            losses.append(float(value.detach()))
-        return float(np.mean(losses))
-
-    def snapshot() -> dict[str, Any]:
-        return {
-            "head": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()},
-            "backbone": backbone_state(model, n_blocks),
-        }
-
-    def score(epoch: int, train_loss: float, seconds: float) -> dict[str, Any]:
+    def score(head: Any, epoch: int, train_loss: float, seconds: float) -> dict[str, Any]:
+        distances = _validation_distances(embed(head), ids, is_val)
         return {
             "epoch": epoch,
             "train_loss": train_loss,
-            **_validation_metrics(*validate(head)),
+            **_validation_metrics(*distances),
             "seconds": round(seconds, 3),
         }
 
-    # ---- epochs (0: the untrained head, scored without learning)
-    history = [score(0, run_epoch(0, learn=False), 0.0)]
-    best, best_state, stale = history[0], snapshot(), 0
-    for epoch in range(1, epochs + 1):
-        tick = time.perf_counter()
-        train_loss = run_epoch(epoch, learn=True)
-        row = score(epoch, train_loss, time.perf_counter() - tick)
-        row["best"] = _better(row, best)
-        history.append(row)
-        if progress:
-            progress("training", epoch, epochs)
-        if row["best"]:
-            best, best_state, stale = row, snapshot(), 0
-        else:
-            stale += 1
-            if stale >= patience:
-                break
-    history[0]["best"] = best["epoch"] == 0
-    head.load_state_dict(best_state["head"])
-    if blocks:
-        model.load_state_dict(best_state["backbone"], strict=False)
-    for prm in tail_params:
-        prm.requires_grad_(False)
-    trained = time.perf_counter()
-
-    # ---- threshold and validation summary
-    var_d, _, var_nearest = validate(head)
-    threshold = min(
-        choose_threshold(base_d[~same], var_d[~same], base_threshold),
-        choose_threshold(base_nearest, var_nearest, base_threshold),
+    # ---- the model, then one model per other fold for the threshold
+    head, best_state, history, batches = fitter.fit(
+        ~is_val, epochs, seed, patience, score, progress
     )
+    best_epoch = _best_epoch(history)
+    trained = time.perf_counter()
+    pooled: dict[str, list[np.ndarray]] = {key: [] for key in ("bi", "vi", "bn", "vn")}
+    for number, mask in enumerate(fold_masks):
+        fold_head = head if number == 0 else fitter.fit(~mask, best_epoch, seed + number)[0]
+        d, same, nearest = _validation_distances(embed(fold_head), ids, mask)
+        base_d, _, base_nearest = _validation_distances(base_vectors, ids, mask)
+        pooled["vi"].append(d[~same])
+        pooled["bi"].append(base_d[~same])
+        pooled["vn"].append(nearest)
+        pooled["bn"].append(base_nearest)
+    if n_blocks:  # the fold models changed the network's tail: put the kept one back
+        model.load_state_dict(best_state["backbone"], strict=False)
+    bi, vi, bn, vn = (np.concatenate(pooled[key]) for key in ("bi", "vi", "bn", "vn"))
+    threshold = min(
+        choose_threshold(bi, vi, base_threshold), choose_threshold(bn, vn, base_threshold)
+    )
+    calibrated = time.perf_counter()
+
+    # ---- summaries and files
+    val_d, val_same, val_nearest = _validation_distances(embed(head), ids, is_val)
+    base_d, _, base_nearest = _validation_distances(base_vectors, ids, is_val)
     validation = {
         "people": len(val_people),
         "photos": int(is_val.sum()),
-        "genuine_pairs": int(same.sum()),
-        "impostor_pairs": int((~same).sum()),
-        "strangers": int(is_val.sum()),
-        "base": _validation_metrics(base_d, same, base_nearest, base_threshold),
-        "variant": _validation_metrics(var_d, same, var_nearest, threshold),
+        "genuine_pairs": int(val_same.sum()),
+        "impostor_pairs": int((~val_same).sum()),
+        "base": _validation_metrics(base_d, val_same, base_nearest, base_threshold),
+        "variant": _validation_metrics(val_d, val_same, val_nearest, threshold),
+        "calibration": {
+            "folds": len(folds),
+            "strangers": int(bn.size),
+            "impostor_pairs": int(bi.size),
+            "base_stranger_rejection": float((bn > base_threshold).mean()),
+            "variant_stranger_rejection": float((vn > threshold).mean()),
+            "base_impostor_rejection": float((bi > base_threshold).mean()),
+            "variant_impostor_rejection": float((vi > threshold).mean()),
+        },
         "threshold_rule": THRESHOLD_RULE,
     }
     data = {
-        "people": len(people_index),
+        "people": len(everyone),
         "photos": len(photos),
         "train_people": len(train_people),
-        "train_photos": n_train,
+        "train_photos": int((~is_val).sum()),
         "val_people": len(val_people),
-        "val_photos": len(photos) - n_train,
+        "val_photos": int(is_val.sum()),
         "skipped_photos": len(skipped),
         "padded_photos": padded,
     }
     training = {
         "epochs": epochs,
         "epochs_run": len(history) - 1,
-        "best_epoch": best["epoch"],
+        "best_epoch": best_epoch,
         "patience": patience,
         "monitor": MONITOR,
         "seed": seed,
         "val_fraction": val_fraction,
-        "p": p_eff,
-        "k": k_eff,
-        "batches_per_epoch": len(sampler),
+        **batches,
         "optimizer": "AdamW",
         "lr": lr,
         "weight_decay": weight_decay,
@@ -782,12 +904,13 @@ def train(
         "faces_s": round(faces_done - started, 3),
         "cache_s": round(cached - faces_done, 3),
         "train_s": round(trained - cached, 3),
-        "total_s": round(time.perf_counter() - started, 3),
+        "calibrate_s": round(calibrated - trained, 3),
     }
+    timings["total_s"] = round(time.perf_counter() - started, 3)
     record = {
         "format": VARIANT_FORMAT,
         "base": {"encoder": BASE_ENCODER, "space": BASE_SPACE, "dim": BASE_DIM},
-        "head": {**head.spec(), "state_dict": best_state["head"]},
+        "head": {**head_spec, "state_dict": best_state["head"]},
         "backbone": {"blocks": blocks, "fused": True, "state_dict": best_state["backbone"]},
         "threshold": threshold,
         "threshold_rule": THRESHOLD_RULE,
@@ -809,7 +932,7 @@ def train(
         "sha256": variant.sha256,
         "threshold": threshold,
         "loss": record["loss"],
-        "head": head.spec(),
+        "head": head_spec,
         "training": training,
         "data": data,
         "validation": validation,
@@ -828,10 +951,15 @@ def train(
         metrics_csv=metrics_csv,
         variant=variant,
         history=history,
-        best_epoch=best["epoch"],
+        best_epoch=best_epoch,
         threshold=threshold,
         validation=validation,
         data=data,
         timings=timings,
         skipped=skipped,
     )
+
+
+def _best_epoch(history: list[dict[str, Any]]) -> int:
+    """The last epoch marked best (each best beats every earlier one)."""
+    return max(row["epoch"] for row in history if row["best"])
