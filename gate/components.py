@@ -50,12 +50,15 @@ class Face:
         return Face(box, self.score, marks, self.scheme)
 
 
-MatchStatus = Literal["match", "unknown", "ambiguous"]
+MatchStatus = Literal["match", "unknown", "ambiguous", "too_small"]
 
 
 @dataclass(frozen=True)
 class Match:
     """What a matcher says of one embedding.
+
+    ``too_small`` faces are below ``[recognition] min_face_px``: not encoded,
+    not matched, never decided on.
 
     ``person_id`` is set only for ``status == "match"``. ``candidate_id`` is the
     nearest enrolled person whatever the status, ``distance`` the distance to

@@ -54,6 +54,9 @@ class RecognitionConfig(Section):
     min_margin: float = Field(
         0.04, ge=0, le=4, description="Nearest other person must be this much farther."
     )
+    min_face_px: int = Field(
+        48, ge=0, le=4096, description="Smaller faces are too blurry to decide on: ignored."
+    )
 
 
 class DecisionConfig(Section):

@@ -43,6 +43,8 @@ class DoorDecider:
         doubtful: Recognition | None = None
         for rec in recognitions:
             match = rec.match
+            if match is not None and match.status == "too_small":
+                continue  # too far away to decide on, either way
             if match is not None and match.status == "match" and match.person_id is not None:
                 held = best.get(match.person_id)
                 if held is None or match.distance < held.match.distance:

@@ -15,6 +15,8 @@ from gate.database import GateDB
 from gate.errors import ComponentError, ConfigError, GateError
 from gate.plugins import KINDS, Registry
 
+TOO_SMALL = Match("too_small", None, None, float("inf"), float("inf"))
+
 
 @dataclass(frozen=True)
 class Recognition:
@@ -126,18 +128,25 @@ class Pipeline:
         """
         detector = detector or self.detector
         faces = detector.detect(image) if faces is None else faces
-        if not faces:
-            return []
-        embeddings = (encoder or self.encoder).encode(image, faces)
-        matches = self.matcher.match(
-            embeddings,
-            threshold=threshold or self.threshold,
-            min_margin=self.config.recognition.min_margin if min_margin is None else min_margin,
-        )
-        return [
-            Recognition(face, vector, match)
-            for face, vector, match in zip(faces, embeddings, matches, strict=True)
+        smallest = self.config.recognition.min_face_px
+        usable = [face for face in faces if face.size >= smallest]
+        out = [
+            Recognition(face, np.zeros(0, np.float32), TOO_SMALL)
+            for face in faces
+            if face.size < smallest
         ]
+        if usable:
+            embeddings = (encoder or self.encoder).encode(image, usable)
+            matches = self.matcher.match(
+                embeddings,
+                threshold=threshold or self.threshold,
+                min_margin=self.config.recognition.min_margin if min_margin is None else min_margin,
+            )
+            out[:0] = [
+                Recognition(face, vector, match)
+                for face, vector, match in zip(usable, embeddings, matches, strict=True)
+            ]
+        return out
 
     def close(self) -> None:
         """Close every component built so far, then the shared services."""

@@ -7,7 +7,7 @@ import numpy as np
 from gate.components import Face, Match
 from gate.config import DecisionConfig
 from gate.decisions import DoorDecider
-from gate.pipeline import Recognition
+from gate.pipeline import TOO_SMALL, Recognition
 
 FACE = Face((0, 0, 100, 100), 0.9)
 
@@ -74,3 +74,22 @@ def test_a_stranger_beside_an_enrolled_person_is_denied_and_the_person_granted()
         (1, "denied", "unknown", None),
         (1, "granted", "granted", 1),
     ]
+
+
+def test_faces_too_small_to_judge_neither_grant_nor_deny():
+    decider = DoorDecider(DecisionConfig(confirm_frames=1, window_frames=1))
+    tiny = Recognition(Face((0, 0, 20, 20), 0.9), np.zeros(0, np.float32), TOO_SMALL)
+    assert run(decider, [[tiny]] * 10) == []
+
+
+def test_small_faces_are_not_encoded_or_matched(default_pipeline):
+    import cv2
+
+    from gate.demo import sample_path
+    from gate.images import read_image
+
+    photo = read_image(sample_path("people", "obama", "obama.jpg")).pixels
+    small = cv2.resize(photo, None, fx=0.15, fy=0.15, interpolation=cv2.INTER_AREA)
+    (rec,) = default_pipeline.recognise(small)
+    assert rec.face.size < default_pipeline.config.recognition.min_face_px
+    assert rec.match.status == "too_small" and rec.embedding.size == 0

@@ -43,10 +43,12 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_LOSS_OPTIONS",
     "TRAIN_LOSSES",
+    "TRIPLET_MINING",
     "FolderEmbeddings",
     "Progress",
     "TrainResult",
     "TrainingError",
+    "calibration_folds",
     "choose_threshold",
     "encode_folder",
     "find_face",
@@ -71,12 +73,14 @@ DEFAULT_LOSS_OPTIONS: dict[str, dict[str, Any]] = {
     "cosface": {"s": 30.0, "m": 0.25},
 }
 TRAIN_LOSSES: tuple[str, ...] = tuple(DEFAULT_LOSS_OPTIONS)
+#: The triplet loss's mining strategies (``gate.metric.losses.MINING_STRATEGIES``, without torch).
+TRIPLET_MINING: tuple[str, ...] = ("batch_all", "batch_hard", "semi_hard")
 MONITOR = "tar_at_far_1e-2"
 THRESHOLD_RULE = (
-    "cross-fitted over people: the largest threshold (halfway to the next distance) at which "
-    "the heads trained without each fold accept no more of that fold's impostor pairs, and no "
-    "more of its photos taken as strangers against their training photos, than the base "
-    "encoder at its own threshold, over all folds together"
+    "cross-fitted over people: the largest threshold (halfway to the next distance) at which, "
+    "in every fold, the head trained without that fold accepts no more of the fold's impostor "
+    "pairs, and no more of its photos taken as strangers against its training photos, than "
+    "the base encoder does at its own threshold"
 )
 CSV_COLUMNS = ["epoch", "train_loss", MONITOR, "tar_at_far_1e-3", "eer", "auc", "seconds", "best"]
 
@@ -481,7 +485,8 @@ def calibration_folds(
     size = max(2, len(val_people))
     groups = [[rest[i] for i in order[j : j + size]] for j in range(0, len(rest), size)]
     if len(groups) > 1 and len(groups[-1]) < 2:
-        groups[-2] += groups.pop()
+        last = groups.pop()
+        groups[-1] += last
     return [sorted(val_people), *(sorted(g) for g in groups)]
 
 
@@ -681,12 +686,12 @@ def train(
       other fold a head is trained the same way on everybody outside it, for as many epochs
       as the kept model. Each fold's photos are then strangers to the model that never saw
       them: their distance to the nearest photo of the people it was trained on, and their
-      impostor pairs, are measured by that model and by the base encoder. The threshold is
-      the smaller of the two :func:`choose_threshold` values on these pooled distances
-      against the base encoder at its default threshold (0.6): over every person of the
-      folder, the variant recipe rejects at least as many strangers and impostor pairs as
-      the base encoder. (A rule on the validation people alone rests on a handful of faces;
-      which strangers get accepted depends mostly on who they are.)
+      impostor pairs, are measured by that model and by the base encoder. Per fold, the two
+      :func:`choose_threshold` values against the base encoder at its default threshold
+      (0.6) are taken, and the threshold is the smallest over both and all folds: in every
+      fold the variant recipe rejects at least as many strangers, and at least as many
+      impostor pairs, as the base encoder. (A rule on the validation people alone rests on
+      a handful of faces, and which strangers get accepted depends mostly on who they are.)
 
     Everything is seeded by ``seed`` (split, folds, augmentation, sampler, torch).
     """
@@ -707,7 +712,6 @@ def train(
         tail_blocks,
         variant_path,
     )
-    from gate.metric.losses import MINING_STRATEGIES
     from gate_plugins.dlib_torch import DlibTorchEncoder, DlibTorchOptions
 
     started = time.perf_counter()
@@ -718,8 +722,8 @@ def train(
     if mining is not None:
         if name != "triplet":
             raise TrainingError("mining applies to the triplet loss only")
-        if mining not in MINING_STRATEGIES:
-            raise TrainingError(f"unknown mining {mining!r}: {', '.join(MINING_STRATEGIES)}")
+        if mining not in TRIPLET_MINING:
+            raise TrainingError(f"unknown mining {mining!r}: {', '.join(TRIPLET_MINING)}")
         options["mining"] = mining
     options.update(loss_options or {})
     if epochs < 1 or patience < 1 or augment_copies < 0 or p < 2 or k < 2 or head_dim < 1:
@@ -834,20 +838,24 @@ def train(
     best_epoch = _best_epoch(history)
     trained = time.perf_counter()
     pooled: dict[str, list[np.ndarray]] = {key: [] for key in ("bi", "vi", "bn", "vn")}
+    fold_thresholds = []
     for number, mask in enumerate(fold_masks):
         fold_head = head if number == 0 else fitter.fit(~mask, best_epoch, seed + number)[0]
         d, same, nearest = _validation_distances(embed(fold_head), ids, mask)
         base_d, _, base_nearest = _validation_distances(base_vectors, ids, mask)
-        pooled["vi"].append(d[~same])
-        pooled["bi"].append(base_d[~same])
-        pooled["vn"].append(nearest)
+        fold_thresholds.append(
+            min(
+                choose_threshold(base_d[~same], d[~same], base_threshold),
+                choose_threshold(base_nearest, nearest, base_threshold),
+            )
+        )
+        for key, values in (("vi", d[~same]), ("bi", base_d[~same]), ("vn", nearest)):
+            pooled[key].append(values)
         pooled["bn"].append(base_nearest)
     if n_blocks:  # the fold models changed the network's tail: put the kept one back
         model.load_state_dict(best_state["backbone"], strict=False)
     bi, vi, bn, vn = (np.concatenate(pooled[key]) for key in ("bi", "vi", "bn", "vn"))
-    threshold = min(
-        choose_threshold(bi, vi, base_threshold), choose_threshold(bn, vn, base_threshold)
-    )
+    threshold = min(fold_thresholds)
     calibrated = time.perf_counter()
 
     # ---- summaries and files
@@ -862,6 +870,7 @@ def train(
         "variant": _validation_metrics(val_d, val_same, val_nearest, threshold),
         "calibration": {
             "folds": len(folds),
+            "fold_thresholds": fold_thresholds,
             "strangers": int(bn.size),
             "impostor_pairs": int(bi.size),
             "base_stranger_rejection": float((bn > base_threshold).mean()),

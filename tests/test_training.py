@@ -1,0 +1,359 @@
+"""Encoder variants: a short training run on real faces, the variant file, the dlib-torch
+encoder running it, the threshold rule, and the ``gate train`` / ``gate eval`` commands."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gate.errors import ConfigError
+from gate.metric.head import (
+    VARIANT_FORMAT,
+    ProjectionHead,
+    apply_variant,
+    backbone_state,
+    load_variant,
+    save_variant,
+    tail_forward,
+    trunk_forward,
+)
+from gate.metric.train import (
+    TRIPLET_MINING,
+    TrainingError,
+    calibration_folds,
+    choose_threshold,
+    split_people,
+    train,
+)
+
+GLINT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "train" / "glint_subset"
+
+
+def glint_site(root: Path, people: int, photos: int) -> Path:
+    """A small site folder: the first ``photos`` photos of the first ``people`` glint people."""
+    if not GLINT.is_dir():
+        pytest.skip(f"shared data not available: {GLINT}")
+    for person in sorted(GLINT.iterdir())[:people]:
+        (root / person.name).mkdir(parents=True)
+        for photo in sorted(person.iterdir())[:photos]:
+            shutil.copy(photo, root / person.name / photo.name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """6 real people x 4 tight 112x112 face crops."""
+    return glint_site(tmp_path_factory.mktemp("site"), people=6, photos=4)
+
+
+@pytest.fixture(scope="module")
+def trained(site, tmp_path_factory):
+    """Two epochs of triplet training with a 64-d head."""
+    out = tmp_path_factory.mktemp("variant") / "lobby.pt"
+    stages = []
+    result = train(
+        site,
+        "triplet",
+        epochs=2,
+        out=out,
+        head_dim=64,
+        val_fraction=0.34,
+        augment_copies=2,
+        seed=0,
+        progress=lambda stage, done, total: stages.append(stage),
+    )
+    return result, stages
+
+
+@pytest.fixture(scope="module")
+def base_encoder():
+    from gate_plugins.dlib_torch import DlibTorchEncoder
+
+    return DlibTorchEncoder()
+
+
+def face_of(path: Path):
+    from gate.images import read_image
+    from gate.metric.train import find_face
+    from gate_plugins.yunet import YuNetDetector
+
+    image, face, _ = find_face(YuNetDetector(), read_image(path).pixels)
+    return image, face
+
+
+def test_short_training_run_lowers_the_loss_and_writes_the_variant_and_metrics(trained):
+    result, stages = trained
+    assert [row["epoch"] for row in result.history] == [0, 1, 2]
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert {"faces", "encoding", "training"} <= set(stages)
+    assert result.path.is_file() and result.path.name == "lobby.pt"
+    assert result.metrics_json == result.path.with_name("lobby.metrics.json")
+    metrics = json.loads(result.metrics_json.read_text())
+    assert len(metrics["history"]) == 3
+    assert metrics["data"]["people"] == 6 and metrics["data"]["photos"] == 24
+    assert metrics["data"]["val_people"] == 2
+    lines = result.metrics_csv.read_text().splitlines()
+    assert lines[0].startswith("epoch,train_loss,tar_at_far_1e-2") and len(lines) == 4
+    # the threshold rule holds on the data it was chosen on
+    cal = result.validation["calibration"]
+    assert cal["folds"] == 3 and cal["strangers"] == 24
+    assert cal["variant_stranger_rejection"] >= cal["base_stranger_rejection"]
+    assert cal["variant_impostor_rejection"] >= cal["base_impostor_rejection"]
+
+
+def test_variant_file_holds_settings_and_summary_but_no_photos(trained, site):
+    result, _ = trained
+    data = torch.load(result.path, map_location="cpu", weights_only=True)
+    assert data["format"] == VARIANT_FORMAT
+    assert data["base"] == {"encoder": "dlib-torch", "space": "dlib-resnet-v1", "dim": 128}
+    assert data["head"]["out_dim"] == 64 and data["head"]["kind"] == "linear"
+    assert data["backbone"] == {"blocks": [], "fused": True, "state_dict": {}}
+    assert data["loss"] == {"name": "triplet", "options": {"margin": 0.2, "mining": "batch_hard"}}
+    assert data["training"]["seed"] == 0 and data["threshold"] == result.threshold
+    tensors = [v for v in data["head"]["state_dict"].values()]
+    assert [tuple(t.shape) for t in tensors] == [(64, 128)]
+    described = json.dumps({k: v for k, v in data.items() if k not in ("head", "backbone")})
+    assert str(site) not in described and "Barack_Obama" not in described
+
+
+def test_variant_loads_and_encodes_through_the_dlib_torch_encoder(trained, site, base_encoder):
+    from gate_plugins.dlib_torch import DlibTorchEncoder, DlibTorchOptions
+
+    result, _ = trained
+    variant = load_variant(result.path)
+    assert (variant.dim, variant.threshold) == (64, result.threshold)
+    defaults = (DlibTorchEncoder.space, DlibTorchEncoder.dim, DlibTorchEncoder.threshold)
+    encoder = DlibTorchEncoder(DlibTorchOptions(variant=str(result.path)))
+    assert encoder.dim == 64 and encoder.threshold == variant.threshold
+    assert encoder.space != base_encoder.space == DlibTorchEncoder.space
+    assert "lobby" in encoder.space and variant.short_hash in encoder.space
+    assert "variant=lobby@" in encoder.version
+    image, face = face_of(next((site / "Barack_Obama").iterdir()))
+    vector = encoder.encode(image, [face])
+    assert vector.shape == (1, 64) and vector.dtype == np.float32
+    assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-5
+    # the same views and flips as the base encoder, then the head
+    base = base_encoder.encode(image, [face])
+    assert base.shape == (1, 128)
+    assert np.allclose(encoder.project(base), vector, atol=1e-5)
+    # the class defaults are untouched
+    assert (DlibTorchEncoder.space, DlibTorchEncoder.dim, DlibTorchEncoder.threshold) == defaults
+
+
+def test_a_variant_name_resolves_in_the_data_dir(trained, tmp_path, monkeypatch):
+    result, _ = trained
+    monkeypatch.setenv("GATE_DATA_DIR", str(tmp_path))
+    (tmp_path / "encoders").mkdir()
+    shutil.copy(result.path, tmp_path / "encoders" / "front-door.pt")
+    variant = load_variant("front-door")
+    assert variant.path == tmp_path / "encoders" / "front-door.pt"
+    assert variant.space.startswith("dlib-resnet-v1+front-door-")
+    assert variant.sha256 == load_variant(result.path).sha256
+    with pytest.raises(ConfigError, match=r"no such file.*encoders"):
+        load_variant("back-door")
+
+
+def test_corrupt_or_foreign_variant_files_are_config_errors(trained, tmp_path):
+    from gate_plugins.dlib_torch import DlibTorchEncoder, DlibTorchOptions
+
+    result, _ = trained
+    raw = result.path.read_bytes()
+    cases = {
+        "truncated.pt": raw[: len(raw) // 2],
+        "noise.pt": bytes(range(256)) * 8,
+        "empty.pt": b"",
+    }
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+    good = torch.load(result.path, map_location="cpu", weights_only=True)
+    torch.save({**good, "format": "something-else"}, tmp_path / "format.pt")
+    torch.save({**good, "base": {"encoder": "dlib", "space": "x"}}, tmp_path / "base.pt")
+    torch.save({**good, "threshold": -1.0}, tmp_path / "threshold.pt")
+    head = dict(good["head"], state_dict={"net.weight": torch.zeros(3, 3)})
+    torch.save({**good, "head": head}, tmp_path / "shapes.pt")
+    torch.save({"format": VARIANT_FORMAT, "code": Path("x")}, tmp_path / "object.pt")
+    for name in [*cases, "format.pt", "base.pt", "threshold.pt", "shapes.pt", "object.pt"]:
+        with pytest.raises(ConfigError, match=re.escape(name)):
+            load_variant(tmp_path / name)
+    with pytest.raises(ConfigError, match="no such file"):
+        load_variant(tmp_path / "absent.pt")
+    with pytest.raises(ConfigError, match=r"truncated\.pt"):
+        DlibTorchEncoder(DlibTorchOptions(variant=str(tmp_path / "truncated.pt")))
+
+
+def test_trunk_then_tail_is_the_network():
+    from gate.nn.dlib_resnet import load_dlib_resnet
+
+    model = load_dlib_resnet()
+    x = torch.rand(2, 3, 150, 150) * 255
+    with torch.inference_mode():
+        whole = model(x)
+        for unfrozen in range(5):
+            split = tail_forward(model, trunk_forward(model, x, unfrozen), unfrozen)
+            assert torch.allclose(split, whole, atol=1e-4), unfrozen
+
+
+def test_fine_tuned_blocks_are_stored_and_applied(tmp_path):
+    from gate.nn.dlib_resnet import load_dlib_resnet
+
+    model = load_dlib_resnet()
+    state = backbone_state(model, 2)
+    assert sorted({key.split(".")[0] + "." + key.split(".")[1] for key in state}) == [
+        "blocks.12",
+        "blocks.13",
+        "fc.weight",
+    ]
+    changed = {key: value * 1.01 for key, value in state.items()}
+    head = ProjectionHead(128, 32, hidden=16)
+    record = {
+        "format": VARIANT_FORMAT,
+        "base": {"encoder": "dlib-torch", "space": "dlib-resnet-v1", "dim": 128},
+        "head": {**head.spec(), "state_dict": head.state_dict()},
+        "backbone": {"blocks": [12, 13], "fused": True, "state_dict": changed},
+        "threshold": np.float64(0.9),  # numpy scalars are stored as plain floats
+    }
+    path = save_variant(record, tmp_path / "tuned.pt")
+    variant = load_variant(path)
+    assert variant.unfrozen_blocks == [12, 13] and variant.dim == 32
+    fresh = load_dlib_resnet()
+    loaded_head = apply_variant(fresh, variant)
+    for key, value in backbone_state(fresh, 2).items():
+        assert torch.equal(value, changed[key]), key
+    x = torch.rand(3, 128)
+    assert torch.allclose(loaded_head(x), head.eval()(x))
+    with pytest.raises(ConfigError, match="last ones"):
+        save_variant({**record, "backbone": {**record["backbone"], "blocks": [11]}}, path)
+
+
+def test_training_with_an_unfrozen_block(tmp_path, base_encoder):
+    from gate_plugins.dlib_torch import DlibTorchEncoder, DlibTorchOptions
+
+    folder = glint_site(tmp_path / "site", people=5, photos=3)
+    result = train(
+        folder,
+        "cosface",
+        epochs=1,
+        out=tmp_path / "tuned.pt",
+        unfreeze_blocks=1,
+        val_fraction=0.4,
+        augment_copies=1,
+        patience=1,
+    )
+    assert result.variant.unfrozen_blocks == [13]
+    assert result.data["val_people"] == 2
+    encoder = DlibTorchEncoder(DlibTorchOptions(variant=str(result.path)))
+    image, face = face_of(next((folder / "Daniel_Radcliffe").iterdir()))
+    vector = encoder.encode(image, [face])
+    assert vector.shape == (1, 128) and abs(float(np.linalg.norm(vector)) - 1.0) < 1e-5
+
+
+def test_choose_threshold_never_accepts_more_than_the_base():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.3, 1.2, 500)
+    variant = rng.uniform(0.5, 1.6, 500)
+    for base_threshold in (0.2, 0.6, 0.9, 2.0):
+        t = choose_threshold(base, variant, base_threshold)
+        assert (variant <= t).sum() <= (base <= base_threshold).sum()
+        assert 0 < t <= 2.0
+    accepted = int((base <= 0.6).sum())
+    t = choose_threshold(base, variant, 0.6)
+    ranked = np.sort(variant)
+    assert (variant <= t).sum() == accepted and ranked[accepted - 1] < t < ranked[accepted]
+    # nobody accepted by the base: just below the nearest variant distance
+    t = choose_threshold(np.array([0.9, 1.0]), np.array([0.7, 0.8]), 0.6)
+    assert t < 0.7 and t == pytest.approx(0.7)
+    # ties: a tied group is accepted whole or not at all
+    t = choose_threshold(np.array([0.1, 0.9, 0.9]), np.array([0.5, 0.5, 0.8]), 0.6)
+    assert t < 0.5
+
+
+def test_people_not_photos_are_split_and_the_split_is_seeded():
+    people = [f"p{i:02d}" for i in range(18)]
+    train_people, val = split_people(people, 0.25, seed=3)
+    assert len(val) == 4 and not set(val) & set(train_people)
+    assert sorted(train_people + val) == people
+    assert split_people(people, 0.25, seed=3) == (train_people, val)
+    assert split_people(people, 0.25, seed=4) != (train_people, val)
+    folds = calibration_folds(people, val, seed=3)
+    assert folds[0] == val and sorted(p for fold in folds for p in fold) == people
+    assert all(len(fold) >= 2 for fold in folds)
+    with pytest.raises(TrainingError, match="at least"):
+        split_people(people[:3], 0.25, seed=0)
+
+
+def test_triplet_mining_choices_match_the_loss():
+    from gate.metric.losses import MINING_STRATEGIES
+
+    assert TRIPLET_MINING == MINING_STRATEGIES
+
+
+def _cli_group():
+    """``gate`` with the training plugin's commands, built on a fresh plugin manager."""
+    from gate.cli import cli
+    from gate.cli.base import GateGroup
+    from gate.plugins import make_plugin_manager
+    from gate_plugins import training
+
+    pm = make_plugin_manager(entry_points=False)
+    if not pm.is_registered(training):
+        pm.register_plugin(training, "gate_plugins.training", "test", "test")
+    commands = dict(cli.commands)
+    group = GateGroup(name="gate", params=cli.params, callback=cli.callback, commands=commands)
+    pm.hook.register_commands(cli=group)
+    return group
+
+
+def test_gate_train_then_gate_eval_with_the_variant(site, tmp_path):
+    from click.testing import CliRunner
+
+    gate = _cli_group()
+    assert {"train", "eval"} <= set(gate.commands)
+    base_config = tmp_path / "gate.toml"
+    base_config.write_text('[pipeline]\nencoder = "dlib-torch"\n')
+    runner = CliRunner()
+    out = tmp_path / "cli.pt"
+    args = ["--config", str(base_config), "train", "--data", str(site), "--loss", "contrastive"]
+    args += ["--epochs", "1", "--out", str(out), "--val-fraction", "0.34", "--json"]
+    result = runner.invoke(gate, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["variant"] == str(out) and out.is_file()
+    assert Path(summary["metrics_json"]).is_file() and Path(summary["metrics_csv"]).is_file()
+    assert [row["epoch"] for row in summary["epochs"]] == [0, 1]
+
+    config = tmp_path / "variant.toml"
+    config.write_text(
+        f'[pipeline]\nencoder = "dlib-torch"\n[encoders.dlib-torch]\nvariant = "{out}"\n'
+    )
+    plots = tmp_path / "plots"
+    args = ["--config", str(config), "eval", "--data", str(site), "--strangers", "2"]
+    args += ["--enroll", "2", "--json", "--plots", str(plots)]
+    result = runner.invoke(gate, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["encoder"]["space"] == load_variant(out).space
+    assert report["threshold"] == summary["threshold"]
+    ver, ident = report["verification"], report["open_set"]
+    assert ver["pairs"] == 24 * 23 // 2 and 0 <= ver["eer"] <= 1
+    assert set(ver) >= {"tar_at_far_1e-2", "tar_at_far_1e-3", "eer"}
+    assert ident["enrolled_people"] == 4 and ident["gallery_photos"] == 8
+    assert ident["known_probes"] == 8 and ident["stranger_probes"] == 8
+    assert 0 <= ident["rank1"] <= 1 and 0 <= ident["stranger_rejection"] <= 1
+    assert sorted(Path(p).name for p in report["plots"]) == [
+        "distances.png",
+        "open_set.png",
+        "roc.png",
+    ]
+    assert all((plots / name).read_bytes()[:4] == b"\x89PNG" for name in ("roc.png",))
+
+    bad = runner.invoke(gate, ["--config", str(base_config), "train", "--data", str(site)])
+    assert bad.exit_code == 2 and "--out" in bad.output
+    args = ["--config", str(base_config), "train", "--data", str(site), "--out", "x.pt"]
+    wrong = runner.invoke(gate, [*args, "--loss", "arcface", "--mining", "semi_hard"])
+    assert wrong.exit_code == 1 and "mining applies to the triplet loss only" in wrong.output
