@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from functools import cached_property
 
@@ -63,6 +64,17 @@ class GateGroup(click.Group):
 
 
 pass_app = click.make_pass_decorator(App)
+
+
+def echo_rows(rows: list, as_json: bool, empty: str, line) -> None:
+    """Print rows as JSON, or one ``line(row)`` each, or ``empty`` when there are none."""
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif not rows:
+        click.echo(empty)
+    else:
+        for row in rows:
+            click.echo(line(row))
 
 
 def json_option(fn):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
 
-from gate.cli.base import App, cli, json_option, pass_app
+from gate.cli.base import App, cli, echo_rows, json_option, pass_app
 
 
 @cli.command()
@@ -96,13 +95,8 @@ def people() -> None:
 @pass_app
 def people_list(app: App, as_json: bool) -> None:
     """Everyone enrolled, with their number of face templates."""
-    rows = app.db.people()
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        click.echo("nobody is enrolled")
-    for row in rows:
+
+    def line(row: dict) -> str:
         notes = [f"{row['templates']} template(s)"]
         if row["groups"]:
             notes.append("groups " + ",".join(row["groups"]))
@@ -112,7 +106,9 @@ def people_list(app: App, as_json: bool) -> None:
             notes.append(f"from {row['valid_from']}")
         if row["valid_until"]:
             notes.append(f"until {row['valid_until']}")
-        click.echo(f"{row['name']}\t" + "\t".join(notes))
+        return f"{row['name']}\t" + "\t".join(notes)
+
+    echo_rows(app.db.people(), as_json, "nobody is enrolled", line)
 
 
 @people.command("remove")

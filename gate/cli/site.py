@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import getpass
-import json
 import sys
 
 import click
 
-from gate.cli.base import App, cli, json_option, pass_app
+from gate.cli.base import App, cli, echo_rows, json_option, pass_app
 
 DOOR_OPTIONS = [
     click.option("--source", help="Camera index, RTSP/HTTP URL, video file or folder."),
@@ -56,13 +55,8 @@ def doors() -> None:
 @pass_app
 def doors_list(app: App, as_json: bool) -> None:
     """Every door and its settings (empty settings use the config's defaults)."""
-    rows = app.db.doors()
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        click.echo("no doors yet: gate doors add NAME --source ...")
-    for row in rows:
+
+    def line(row: dict) -> str:
         extras = [
             f"{k}={row[k]}"
             for k in ("direction", "area", "threshold", "min_margin", "confirm_frames",
@@ -70,7 +64,9 @@ def doors_list(app: App, as_json: bool) -> None:
             if row[k] is not None
         ]  # fmt: skip
         state = "" if row["enabled"] else "  DISABLED"
-        click.echo(f"{row['name']}\t{row['source'] or '-'}\t{' '.join(extras)}{state}")
+        return f"{row['name']}\t{row['source'] or '-'}\t{' '.join(extras)}{state}"
+
+    echo_rows(app.db.doors(), as_json, "no doors yet: gate doors add NAME --source ...", line)
 
 
 @doors.command("add")
@@ -187,14 +183,12 @@ def groups() -> None:
 @pass_app
 def groups_list(app: App, as_json: bool) -> None:
     """Every group and its members."""
-    rows = app.db.groups()
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        click.echo("no groups yet: gate groups add NAME")
-    for row in rows:
-        click.echo(f"{row['name']}\t{', '.join(row['members']) or '-'}")
+    echo_rows(
+        app.db.groups(),
+        as_json,
+        "no groups yet: gate groups add NAME",
+        lambda row: f"{row['name']}\t{', '.join(row['members']) or '-'}",
+    )
 
 
 @groups.command("add")
@@ -259,14 +253,13 @@ def rules_list(app: App, as_json: bool) -> None:
         }
         for r in app.db.rules()
     ]  # fmt: skip
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        mode = app.config.policy.without_rules
-        click.echo(f"no rules: [policy] without_rules = {mode!r} applies to everyone enrolled")
-    for r in rows:
-        click.echo(f"{r['id']}\t{r['group']}\t{r['door']}\t{r['days']}\t{r['from']}-{r['to']}")
+    mode = app.config.policy.without_rules
+    echo_rows(
+        rows,
+        as_json,
+        f"no rules: [policy] without_rules = {mode!r} applies to everyone enrolled",
+        lambda r: f"{r['id']}\t{r['group']}\t{r['door']}\t{r['days']}\t{r['from']}-{r['to']}",
+    )
 
 
 @rules.command("add")
