@@ -11,14 +11,14 @@ Reported per encoder, on the test photos:
 
 * TAR at FAR 1e-3 over every pair of test photos (the number of impostor pairs is printed);
 * open-set identification against the K enrolled photos per person: rank-1, and the rate at
-  which the strangers are rejected at the threshold in force (0.6 for the base encoder, the
-  stored threshold for a variant), with the DIR at that threshold;
+  which the strangers are rejected at the threshold in force (the base encoder's default
+  threshold, the stored threshold for a variant), with the DIR at that threshold;
 * training time on this machine (faces found, network cache, epochs: all of ``train``).
 
 Examples::
 
-    python bench/site_adaptation.py                          # K=5, 6 strangers, every loss
-    python bench/site_adaptation.py --k 10 --losses triplet,arcface --json out.json
+    python bench/site_adaptation.py                  # K=5, 6 strangers, every loss, seeds 0,1,2
+    python bench/site_adaptation.py --k 10 --losses triplet,arcface --seeds 0 --json out.json
 
 Variants whose backbone is frozen are evaluated as the encoder computes them: its head on the
 base encoder's per-face descriptor (checked against ``DlibTorchEncoder(variant=...)`` on some
@@ -45,6 +45,7 @@ from gate_plugins.dlib_torch import DlibTorchEncoder, DlibTorchOptions
 from gate_plugins.yunet import YuNetDetector
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BASE = DlibTorchEncoder  # its class attributes: space, dim, threshold (the base's default)
 DEFAULT_LOSSES = "contrastive,triplet:batch_hard,triplet:semi_hard,center,arcface,cosface"
 
 
@@ -88,44 +89,20 @@ def measure(embeddings, people, paths, site_photos, threshold: float) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DATA / "train" / "glint_subset")
-    parser.add_argument("--strangers", type=int, default=6)
-    parser.add_argument("--k", type=int, default=5, help="site photos per enrolled person")
-    parser.add_argument("--losses", default=DEFAULT_LOSSES, help="loss[:mining],...")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--unfreeze-blocks", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--json", type=Path, help="write every number here too")
-    args = parser.parse_args()
-    if not args.data.is_dir():
-        sys.exit(f"no data at {args.data}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    work = Path(tempfile.mkdtemp(prefix="gate-site-"))
-    held, site_photos, train_dir = build_task(args.data, args.strangers, args.k, args.seed, work)
-    detector = YuNetDetector()
-    base = DlibTorchEncoder()
-    tick = time.perf_counter()
-    folder = encode_folder(args.data, detector, base)
-    encode_s = time.perf_counter() - tick
-    print(
-        f"data {args.data} : {len(set(folder.people))} people, {len(folder.paths)} faces "
-        f"({len(folder.skipped)} photos skipped, {folder.padded} padded); strangers "
-        f"{sorted(held)}; K={args.k}; encoded in {encode_s:.0f} s",
-        file=sys.stderr,
-    )
+def run_seed(args, seed: int, folder, detector, work: Path) -> list[dict]:
+    """The baseline and every loss on the task of one seed."""
+    held, site_photos, train_dir = build_task(args.data, args.strangers, args.k, seed, work)
     rows = [
         {
-            "encoder": "dlib-torch (base)",
+            "encoder": f"dlib-torch (base) at {threshold}",
+            "seed": seed,
             "train_s": None,
-            **measure(folder.embeddings, folder.people, folder.paths, site_photos, 0.6),
+            "reference": threshold != BASE.threshold,
+            **measure(folder.embeddings, folder.people, folder.paths, site_photos, threshold),
         }
+        for threshold in dict.fromkeys([BASE.threshold, 0.6])
     ]
-    probe = slice(0, 12)
+    probe = slice(0, 8)
     for spec in args.losses.split(","):
         loss, _, mining = spec.partition(":")
         out = work / f"{loss}{'-' + mining if mining else ''}.pt"
@@ -137,7 +114,7 @@ def main() -> None:
             out,
             mining=mining or None,
             unfreeze_blocks=args.unfreeze_blocks,
-            seed=args.seed,
+            seed=seed,
             detector=detector,
         )
         train_s = time.perf_counter() - tick
@@ -151,45 +128,120 @@ def main() -> None:
         rows.append(
             {
                 "encoder": f"{loss}{' ' + mining if mining else ''}",
+                "seed": seed,
                 "train_s": train_s,
                 "best_epoch": result.best_epoch,
                 "epochs_run": len(result.history) - 1,
-                "val": result.validation,
+                "timings": result.timings,
+                "validation": result.validation,
                 **measure(embeddings, folder.people, folder.paths, site_photos, result.threshold),
             }
         )
-        print(f"{spec}: trained in {train_s:.0f} s", file=sys.stderr)
+        print(f"seed {seed} {spec}: trained in {train_s:.0f} s", file=sys.stderr)
+    print(f"seed {seed}: strangers {sorted(held)}", file=sys.stderr)
+    return rows
 
+
+def pct(value: float) -> str:
+    return f"{value * 100:.1f}%"
+
+
+def table(rows: list[dict]) -> None:
+    """One markdown row per encoder and seed."""
     print(
-        f"\n{len(folder.paths)} faces; site: {len({p.parent for p in site_photos})} people x "
-        f"{args.k} photos; strangers: {len(held)} people; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}\n"
+        "| seed | encoder | TAR @ FAR 1e-3 | EER | rank-1 | strangers rejected "
+        "| DIR at threshold | threshold | best / run epochs | training time |"
     )
-    print(
-        "| encoder | TAR @ FAR 1e-3 | EER | rank-1 | strangers rejected | DIR at threshold "
-        "| threshold | best / run epochs | training time |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         epochs = f"{r['best_epoch']} / {r['epochs_run']}" if "best_epoch" in r else "-"
         took = f"{r['train_s']:.0f} s" if r["train_s"] is not None else "-"
         print(
-            f"| {r['encoder']} | {r['tar_at_far_1e-3'] * 100:.1f}% | {r['eer'] * 100:.2f}% "
-            f"| {r['rank1'] * 100:.1f}% | {r['stranger_rejection'] * 100:.1f}% "
-            f"| {r['dir_at_threshold'] * 100:.1f}% | {r['threshold']:.3f} | {epochs} | {took} |"
+            f"| {r['seed']} | {r['encoder']} | {pct(r['tar_at_far_1e-3'])} "
+            f"| {r['eer'] * 100:.2f}% | {pct(r['rank1'])} | {pct(r['stranger_rejection'])} "
+            f"| {pct(r['dir_at_threshold'])} | {r['threshold']:.3f} | {epochs} | {took} |"
         )
+
+
+def summary(rows: list[dict]) -> None:
+    """Means over seeds, and the change in stranger rejection against the base per seed."""
+    base = {r["seed"]: r for r in rows if r["train_s"] is None and not r["reference"]}
+    print(
+        "| encoder | TAR @ FAR 1e-3 | EER | rank-1 | strangers rejected "
+        "| change in strangers rejected vs base, per seed | DIR at threshold | training time |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name in dict.fromkeys(r["encoder"] for r in rows):
+        mine = [r for r in rows if r["encoder"] == name]
+
+        def mean(key: str, mine=mine) -> float:
+            return float(np.mean([r[key] for r in mine]))
+
+        change = " / ".join(
+            f"{(r['stranger_rejection'] - base[r['seed']]['stranger_rejection']) * 100:+.1f}"
+            for r in mine
+        )
+        took = "-" if mine[0]["train_s"] is None else f"{mean('train_s'):.0f} s"
+        print(
+            f"| {name} | {pct(mean('tar_at_far_1e-3'))} | {mean('eer') * 100:.2f}% "
+            f"| {pct(mean('rank1'))} | {pct(mean('stranger_rejection'))} "
+            f"| {change if mine[0]['train_s'] is not None else '-'} "
+            f"| {pct(mean('dir_at_threshold'))} | {took} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DATA / "train" / "glint_subset")
+    parser.add_argument("--strangers", type=int, default=6)
+    parser.add_argument("--k", type=int, default=5, help="site photos per enrolled person")
+    parser.add_argument("--losses", default=DEFAULT_LOSSES, help="loss[:mining],...")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--unfreeze-blocks", type=int, default=0)
+    parser.add_argument("--seeds", default="0,1,2", help="one task (strangers, photos) per seed")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", type=Path, help="write every number here too")
+    args = parser.parse_args()
+    if not args.data.is_dir():
+        sys.exit(f"no data at {args.data}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    work = Path(tempfile.mkdtemp(prefix="gate-site-"))
+    detector = YuNetDetector()
+    tick = time.perf_counter()
+    folder = encode_folder(args.data, detector, DlibTorchEncoder())
+    encode_s = time.perf_counter() - tick
+    people = len(set(folder.people))
+    print(
+        f"{args.data}: {people} people, {len(folder.paths)} faces "
+        f"({len(folder.skipped)} photos skipped, {folder.padded} padded); base encoder: "
+        f"{encode_s:.0f} s",
+        file=sys.stderr,
+    )
+    rows = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        rows += run_seed(args, seed, folder, detector, work / f"seed{seed}")
+
     first = rows[0]
     print(
+        f"\n{len(folder.paths)} faces of {people} people; per seed: {args.strangers} strangers, "
+        f"{people - args.strangers} enrolled people x {args.k} site photos; base threshold "
+        f"{BASE.threshold}; torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}\n"
+    )
+    summary(rows)
+    print()
+    table(rows)
+    print(
         f"\nTAR @ FAR 1e-3 rests on {first['impostor_pairs']} impostor pairs "
-        f"({first['genuine_pairs']} genuine); rank-1 and DIR on {first['known_probes']} "
-        f"probes of enrolled people; stranger rejection on {first['stranger_probes']} probes."
+        f"({first['genuine_pairs']} genuine) per seed; rank-1 and DIR on {first['known_probes']} "
+        f"probes of enrolled people; stranger rejection on {first['stranger_probes']} probes "
+        f"of {args.strangers} people."
     )
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"args": vars(args) | {"data": str(args.data)}, "rows": rows}, indent=2, default=str
-            )
-        )
+        settings = {**vars(args), "data": str(args.data), "json": str(args.json)}
+        args.json.write_text(json.dumps({"args": settings, "rows": rows}, indent=2, default=str))
 
 
 def encode_folder_subset(folder, rows: slice, detector, encoder) -> np.ndarray:

@@ -73,12 +73,12 @@ def _pct(value: float | None) -> str:
     help="One subfolder of photos per person.",
 )
 @click.option("--loss", type=click.Choice(TRAIN_LOSSES), default="triplet", show_default=True)
-@click.option("--mining", type=click.Choice(TRIPLET_MINING), help="Triplet mining [batch_hard].")
+@click.option("--mining", type=click.Choice(TRIPLET_MINING), help="Triplet mining [semi_hard].")
 @click.option("--epochs", type=click.IntRange(1, 10000), default=30, show_default=True)
 @click.option(
     "--out", required=True, help="Variant name (kept in the data dir's encoders/) or a .pt path."
 )
-@click.option("--head-dim", type=click.IntRange(1, 4096), default=128, show_default=True)
+@click.option("--head-dim", type=click.IntRange(2, 4096), default=128, show_default=True)
 @click.option("--head-hidden", type=click.IntRange(1, 8192), help="An MLP head of this width.")
 @click.option(
     "--unfreeze-blocks",
@@ -103,6 +103,13 @@ def _pct(value: float | None) -> str:
     help="Stop after this many epochs without a better validation score.",
 )
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
+@click.option(
+    "--augment-copies",
+    type=click.IntRange(0, 100),
+    default=6,
+    show_default=True,
+    help="Augmented copies of each photo made (and encoded) once before training.",
+)
 @json_option
 @pass_app
 def train_command(
@@ -119,6 +126,7 @@ def train_command(
     val_fraction: float,
     patience: int,
     lr: float,
+    augment_copies: int,
     as_json: bool,
 ) -> None:
     """Adapt the dlib-torch encoder to a site: train an encoder variant on --data.
@@ -148,6 +156,7 @@ def train_command(
             val_fraction=val_fraction,
             patience=patience,
             lr=lr,
+            augment_copies=augment_copies,
             detector=app.pipeline.detector,
             encoder_options=section,
             progress=bars,
@@ -162,20 +171,20 @@ def train_command(
         f"{data['photos']} faces of {data['people']} people: trained on {data['train_people']}, "
         f"validated on {data['val_people']}"
     )
-    click.echo("epoch  train loss  val TAR@FAR1e-2  val EER  seconds")
+    click.echo("epoch  train loss  val EER  val TAR@FAR1e-2  seconds")
     for row in result.history:
         mark = "  <- kept" if row["epoch"] == result.best_epoch else ""
         click.echo(
-            f"{row['epoch']:5d}  {row['train_loss']:10.4f}  {_pct(row['tar_at_far_1e-2']):>15}"
-            f"  {row['eer'] * 100:6.2f}%  {row['seconds']:7.1f}{mark}"
+            f"{row['epoch']:5d}  {row['train_loss']:10.4f}  {row['eer'] * 100:6.2f}%"
+            f"  {_pct(row['tar_at_far_1e-2']):>15}  {row['seconds']:7.1f}{mark}"
         )
     val = result.validation
     base, variant, cal = val["base"], val["variant"], val["calibration"]
     click.echo(
         f"threshold {result.threshold:.4f} (base encoder {base['threshold']}); on the "
-        f"validation people: TAR@FAR1e-2 {_pct(base['tar_at_far_1e-2'])} -> "
-        f"{_pct(variant['tar_at_far_1e-2'])}, strangers rejected "
-        f"{_pct(base['stranger_rejection'])} -> {_pct(variant['stranger_rejection'])}"
+        f"validation people: EER {_pct(base['eer'])} -> {_pct(variant['eer'])}, TAR@FAR1e-2 "
+        f"{_pct(base['tar_at_far_1e-2'])} -> {_pct(variant['tar_at_far_1e-2'])}, strangers "
+        f"rejected {_pct(base['stranger_rejection'])} -> {_pct(variant['stranger_rejection'])}"
     )
     click.echo(
         f"threshold check over {cal['folds']} folds of people: strangers rejected "
@@ -322,7 +331,7 @@ def eval_command(
         )
         nearest = result.nearest_distances
         known = np.isin(np.asarray(folder.people)[~gallery], sorted(set(folder.people) - set(held)))
-        groups = {"enrolled people": nearest[known], "strangers": nearest[~known]}
+        groups = {"enrolled people's probes": nearest[known], "strangers": nearest[~known]}
         written.append(
             _plot_histograms(groups, threshold, folder_out / "open_set.png", "Nearest enrolled")
         )
@@ -372,7 +381,7 @@ def eval_command(
         f"{ident['stranger_probes']} probes"
     )
     click.echo(f"rank-1      {_pct(ident['rank1'])}")
-    click.echo(f"DIR@FAR{far:g}  {_pct(ident['dir_at_far'])}")
+    click.echo(f"{f'DIR@FAR{far:g}':<12}{_pct(ident['dir_at_far'])}")
     click.echo(
         f"at {threshold:.4f}    DIR {_pct(ident['dir_at_threshold'])}, "
         f"strangers rejected {_pct(ident['stranger_rejection'])}"

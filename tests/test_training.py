@@ -24,6 +24,7 @@ from gate.metric.head import (
     trunk_forward,
 )
 from gate.metric.train import (
+    DEFAULT_LOSS_OPTIONS,
     TRIPLET_MINING,
     TrainingError,
     calibration_folds,
@@ -99,7 +100,7 @@ def test_short_training_run_lowers_the_loss_and_writes_the_variant_and_metrics(t
     assert metrics["data"]["people"] == 6 and metrics["data"]["photos"] == 24
     assert metrics["data"]["val_people"] == 2
     lines = result.metrics_csv.read_text().splitlines()
-    assert lines[0].startswith("epoch,train_loss,tar_at_far_1e-2") and len(lines) == 4
+    assert lines[0].startswith("epoch,train_loss,eer,tar_at_far_1e-2") and len(lines) == 4
     # the threshold rule holds on the data it was chosen on
     cal = result.validation["calibration"]
     assert cal["folds"] == 3 and cal["strangers"] == 24
@@ -114,10 +115,10 @@ def test_variant_file_holds_settings_and_summary_but_no_photos(trained, site):
     assert data["base"] == {"encoder": "dlib-torch", "space": "dlib-resnet-v1", "dim": 128}
     assert data["head"]["out_dim"] == 64 and data["head"]["kind"] == "linear"
     assert data["backbone"] == {"blocks": [], "fused": True, "state_dict": {}}
-    assert data["loss"] == {"name": "triplet", "options": {"margin": 0.2, "mining": "batch_hard"}}
+    assert data["loss"] == {"name": "triplet", "options": DEFAULT_LOSS_OPTIONS["triplet"]}
     assert data["training"]["seed"] == 0 and data["threshold"] == result.threshold
-    tensors = [v for v in data["head"]["state_dict"].values()]
-    assert [tuple(t.shape) for t in tensors] == [(64, 128)]
+    shapes = {key: tuple(t.shape) for key, t in data["head"]["state_dict"].items()}
+    assert shapes == {"net.weight": (63, 128), "log_lift": ()}  # 63 projected + the lift
     described = json.dumps({k: v for k, v in data.items() if k not in ("head", "backbone")})
     assert str(site) not in described and "Barack_Obama" not in described
 
@@ -319,7 +320,8 @@ def test_gate_train_then_gate_eval_with_the_variant(site, tmp_path):
     runner = CliRunner()
     out = tmp_path / "cli.pt"
     args = ["--config", str(base_config), "train", "--data", str(site), "--loss", "contrastive"]
-    args += ["--epochs", "1", "--out", str(out), "--val-fraction", "0.34", "--json"]
+    args += ["--epochs", "1", "--out", str(out), "--val-fraction", "0.34", "--augment-copies", "1"]
+    args += ["--json"]
     result = runner.invoke(gate, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -357,3 +359,59 @@ def test_gate_train_then_gate_eval_with_the_variant(site, tmp_path):
     args = ["--config", str(base_config), "train", "--data", str(site), "--out", "x.pt"]
     wrong = runner.invoke(gate, [*args, "--loss", "arcface", "--mining", "semi_hard"])
     assert wrong.exit_code == 1 and "mining applies to the triplet loss only" in wrong.output
+
+
+def test_tight_crops_are_padded_when_no_face_is_found_and_bad_photos_skipped(
+    site, tmp_path, base_encoder
+):
+    from gate.components import Detector
+    from gate.images import read_image
+    from gate.metric.train import encode_folder, find_face
+    from gate_plugins.yunet import YuNetDetector
+
+    class NeedsContext(Detector):
+        """YuNet, but blind to faces that fill the whole image (as on tight crops)."""
+
+        name = "needs-context"
+
+        def __init__(self):
+            super().__init__()
+            self.yunet = YuNetDetector()
+
+        def detect(self, image):
+            return self.yunet.detect(image) if min(image.shape[:2]) >= 200 else []
+
+    photo = next((site / "Barack_Obama").iterdir())
+    image, face, padded = find_face(NeedsContext(), read_image(photo).pixels)
+    assert padded and image.shape == (224, 224, 3)
+    x, y, w, _ = face.box
+    assert 40 < x < 112 and 40 < y < 112 and w > 50  # the face, in the padded image
+
+    folder = tmp_path / "photos"
+    shutil.copytree(site / "Barack_Obama", folder / "Barack_Obama")
+    (folder / "Barack_Obama" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    result = encode_folder(folder, NeedsContext(), base_encoder)
+    assert result.embeddings.shape == (4, 128) and result.padded == 4
+    assert [s["reason"] for s in result.skipped] == [
+        f"{folder / 'Barack_Obama' / 'broken.png'}: truncated or corrupt PNG (no IEND chunk)"
+    ]
+
+
+def test_an_untrained_linear_head_keeps_the_base_geometry(site, base_encoder):
+    """Normalising dlib's descriptors bends their distances; the lifted head barely does."""
+    from gate.metric.train import encode_folder
+    from gate_plugins.yunet import YuNetDetector
+
+    x = torch.from_numpy(encode_folder(site, YuNetDetector(), base_encoder).embeddings)
+    head = ProjectionHead(128, 128).start_at(x)
+    raw = torch.cdist(x, x)
+    apart = raw > 0
+
+    def spread(embeddings: torch.Tensor) -> float:
+        ratio = torch.cdist(embeddings, embeddings)[apart] / raw[apart]
+        return float(ratio.std() / ratio.mean())
+
+    with torch.no_grad():
+        lifted, normalised = spread(head(x)), spread(torch.nn.functional.normalize(x, dim=1))
+    assert lifted < 0.01 and lifted < normalised / 4, (lifted, normalised)
+    assert torch.allclose(head(x).norm(dim=1), torch.ones(len(x)))

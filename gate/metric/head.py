@@ -28,6 +28,7 @@ suffix is a path, used as is.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -78,26 +79,58 @@ DATA_ENV = "GATE_DATA_DIR"
 class ProjectionHead(nn.Module):
     """``in_dim -> out_dim`` projection with an L2-normalised output.
 
-    ``hidden=None``: one linear map without bias, initialised (semi-)orthogonal, so before
-    training it is a rotation of the normalised base descriptor when ``out_dim == in_dim``.
-    ``hidden=H``: a small MLP, ``Linear(in, H) -> ReLU -> Linear(H, out)``.
+    The projection ``f`` makes ``out_dim - 1`` coordinates; a learnt positive constant, the
+    *lift*, is appended as the last one before normalising: ``normalize([f(x), lift])``.
+    With a lift large against ``|f(x)|`` distances between outputs are nearly proportional to
+    distances between the ``f(x)``, the Euclidean geometry dlib's descriptor was trained in
+    (normalising the descriptor itself costs about a point of EER on real faces); as the
+    lift shrinks the output tends to ``f(x) / |f(x)|``, angles only. Training sets it.
+
+    ``hidden=None``: ``f`` is one linear map without bias, initialised (semi-)orthogonal, or
+    from data with :meth:`start_at`. ``hidden=H``: ``f`` is a small MLP,
+    ``Linear(in, H) -> ReLU -> Linear(H, out - 1)``.
     """
 
-    def __init__(self, in_dim: int = BASE_DIM, out_dim: int = BASE_DIM, hidden: int | None = None):
+    def __init__(
+        self,
+        in_dim: int = BASE_DIM,
+        out_dim: int = BASE_DIM,
+        hidden: int | None = None,
+        lift: float = 4.0,
+    ):
         super().__init__()
-        if in_dim < 1 or out_dim < 1 or (hidden is not None and hidden < 1):
-            raise ValueError(f"bad head sizes: in {in_dim}, out {out_dim}, hidden {hidden}")
+        if in_dim < 1 or out_dim < 2 or (hidden is not None and hidden < 1) or lift <= 0:
+            raise ValueError(f"bad head: in {in_dim}, out {out_dim}, hidden {hidden}, lift {lift}")
         self.in_dim = in_dim
         self.out_dim = out_dim
         self.hidden = hidden
         if hidden is None:
-            linear = nn.Linear(in_dim, out_dim, bias=False)
+            linear = nn.Linear(in_dim, out_dim - 1, bias=False)
             nn.init.orthogonal_(linear.weight)
             self.net: nn.Module = linear
         else:
             self.net = nn.Sequential(
-                nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim)
+                nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim - 1)
             )
+        self.log_lift = nn.Parameter(torch.tensor(math.log(lift)))
+
+    @torch.no_grad()
+    def start_at(self, descriptors: torch.Tensor, lift_ratio: float = 3.0) -> ProjectionHead:
+        """Start a linear head at the geometry of ``descriptors`` (N x in_dim): its map keeps
+        their ``out_dim - 1`` principal axes (rows orthonormal, so distances are kept within
+        that subspace) and the lift is ``lift_ratio`` times their mean norm."""
+        if self.hidden is not None:
+            raise ValueError("only a linear head starts at the descriptors' geometry")
+        x = descriptors.detach().to("cpu", torch.float64)
+        centred = x - x.mean(0)
+        _, vectors = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
+        axes = vectors.flip(1).T  # principal axes first, one per row
+        weight = torch.zeros(self.out_dim - 1, self.in_dim, dtype=torch.float64)
+        rows = min(self.out_dim - 1, self.in_dim)
+        weight[:rows] = axes[:rows]
+        self.net.weight.copy_(weight.to(self.net.weight))
+        self.log_lift.fill_(math.log(lift_ratio * float(x.norm(dim=1).mean())))
+        return self
 
     @property
     def kind(self) -> str:
@@ -124,8 +157,14 @@ class ProjectionHead(nn.Module):
             int(spec["in_dim"]), int(spec["out_dim"]), None if hidden is None else int(hidden)
         )
 
+    @property
+    def lift(self) -> float:
+        return float(self.log_lift.exp())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.net(x), dim=1)
+        y = self.net(x)
+        lift = self.log_lift.exp().to(y.dtype).expand(y.shape[0], 1)
+        return F.normalize(torch.cat([y, lift], dim=1), dim=1)
 
 
 # --------------------------------------------------------------------------- backbone split

@@ -26,6 +26,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,25 +65,35 @@ __all__ = [
 Progress = Callable[[str, int, int], None]
 
 #: The losses ``gate train`` offers, with the options each gets unless told otherwise. Margins
-#: and scales suit L2-normalised embeddings and a few dozen identities.
+#: suit the head's start (a cap of the unit sphere where faces of different people are about
+#: 0.2-0.3 apart, see ProjectionHead) and a few dozen identities.
 DEFAULT_LOSS_OPTIONS: dict[str, dict[str, Any]] = {
-    "contrastive": {"margin": 1.0},
-    "triplet": {"margin": 0.2, "mining": "batch_hard"},
-    "center": {"center_weight": 0.1},
-    "arcface": {"s": 30.0, "m": 0.3},
-    "cosface": {"s": 30.0, "m": 0.25},
+    "contrastive": {"margin": 0.3},
+    "triplet": {"margin": 0.2, "mining": "semi_hard"},
+    "center": {"center_weight": 1.0},
+    "arcface": {"s": 30.0, "m": 0.1},
+    "cosface": {"s": 30.0, "m": 0.05},
 }
 TRAIN_LOSSES: tuple[str, ...] = tuple(DEFAULT_LOSS_OPTIONS)
 #: The triplet loss's mining strategies (``gate.metric.losses.MINING_STRATEGIES``, without torch).
 TRIPLET_MINING: tuple[str, ...] = ("batch_all", "batch_hard", "semi_hard")
-MONITOR = "tar_at_far_1e-2"
+MONITOR = "eer"
 THRESHOLD_RULE = (
     "cross-fitted over people: the largest threshold (halfway to the next distance) at which, "
     "in every fold, the head trained without that fold accepts no more of the fold's impostor "
     "pairs, and no more of its photos taken as strangers against its training photos, than "
     "the base encoder does at its own threshold"
 )
-CSV_COLUMNS = ["epoch", "train_loss", MONITOR, "tar_at_far_1e-3", "eer", "auc", "seconds", "best"]
+CSV_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "eer",
+    "tar_at_far_1e-2",
+    "tar_at_far_1e-3",
+    "auc",
+    "seconds",
+    "best",
+]
 
 
 class TrainingError(GateError):
@@ -435,7 +446,7 @@ def _validation_metrics(
 
     curve = roc(d, same)
     out: dict[str, Any] = {
-        MONITOR: tar_at_far(d, same, 1e-2)[0],
+        "tar_at_far_1e-2": tar_at_far(d, same, 1e-2)[0],
         "tar_at_far_1e-3": tar_at_far(d, same, 1e-3)[0],
         "eer": eer(curve)[0],
         "auc": float(np.trapezoid(curve.tar, curve.far)),
@@ -469,9 +480,15 @@ def _init_classifier(loss_fn: Any, embeddings: Any, labels: Any) -> None:
 
 
 def _better(row: dict[str, Any], best: dict[str, Any]) -> bool:
-    """Higher validation TAR at FAR 1e-2; on a tie, a higher ROC area."""
-    if row[MONITOR] != best[MONITOR]:
-        return row[MONITOR] > best[MONITOR]
+    """Lower validation EER; on a tie, a higher TAR at FAR 1e-2, then a higher ROC area.
+
+    (The EER is interpolated, so it moves with small improvements; a TAR at low FAR on a
+    few dozen same-person pairs moves in steps too coarse to stop on.)
+    """
+    if row["eer"] != best["eer"]:
+        return row["eer"] < best["eer"]
+    if row["tar_at_far_1e-2"] != best["tar_at_far_1e-2"]:
+        return row["tar_at_far_1e-2"] > best["tar_at_far_1e-2"]
     return row["auc"] > best["auc"]
 
 
@@ -539,7 +556,12 @@ class _Fitter:
         classes = {person: c for c, person in enumerate(sorted(set(self.ids[photos])))}
         labels = torch.as_tensor([classes[self.ids[i]] for i in photos])
         entries = [self.entries[i] for i in photos]
-        head = ProjectionHead.from_spec(self.head_spec).to(device)
+        head = ProjectionHead.from_spec(self.head_spec)
+        if head.hidden is None:  # start at the base geometry of these people's chips
+            rows = torch.cat(entries)
+            with torch.no_grad():
+                head.start_at(tail_forward(model, self.feats[rows].to(device), n_blocks).cpu())
+        head = head.to(device)
         loss_fn = make_loss(self.loss, head.out_dim, len(classes), **self.options).to(device)
         tail = [prm for _, prm in self._tail_parameters()]
         for prm in tail:
@@ -671,16 +693,18 @@ def train(
       its cached chips; an epoch covers about every cached training chip once.
     * Model: :class:`ProjectionHead` ``128 -> head_dim`` (``hidden`` makes it an MLP), plus the
       last ``unfreeze_blocks`` residual blocks and the final linear layer at a tenth of ``lr``.
-      AdamW; classification losses get their class weights at ten times ``lr``, started at
-      the class centroids.
+      A linear head starts at the principal axes of the training chips' descriptors with a
+      lift three times their norm (:meth:`ProjectionHead.start_at`): before training it
+      keeps the base encoder's geometry. AdamW; classification losses get their class
+      weights at ten times ``lr``, started at the class centroids.
     * Loss: ``loss`` from :data:`TRAIN_LOSSES` with :data:`DEFAULT_LOSS_OPTIONS` updated by
       ``loss_options`` (``mining`` for triplet: batch_all, batch_hard, semi_hard).
     * Validation, after every epoch: every photo is embedded as the encoder does it (views
       and mirrors averaged, then the head), and every pair with a validation photo on at least
       one side is scored (the validation people against each other and against the training
-      people's photos). Epoch 0 is the untrained head (the normalised base descriptor,
-      rotated). The epoch with the best TAR at FAR 1e-2 (ties: ROC area) is kept, epoch 0
-      included; training stops after ``patience`` epochs without improvement.
+      people's photos). Epoch 0 is the untrained head. The epoch with the lowest EER (ties:
+      TAR at FAR 1e-2, then ROC area) is kept, epoch 0 included; training stops after
+      ``patience`` epochs without improvement.
     * Threshold, cross-fitted over people: the validation people are fold 0 and the other
       people are dealt into folds of the same size (:func:`calibration_folds`). For every
       other fold a head is trained the same way on everybody outside it, for as many epochs
@@ -832,30 +856,32 @@ def train(
         }
 
     # ---- the model, then one model per other fold for the threshold
-    head, best_state, history, batches = fitter.fit(
-        ~is_val, epochs, seed, patience, score, progress
-    )
-    best_epoch = _best_epoch(history)
-    trained = time.perf_counter()
-    pooled: dict[str, list[np.ndarray]] = {key: [] for key in ("bi", "vi", "bn", "vn")}
-    fold_thresholds = []
-    for number, mask in enumerate(fold_masks):
-        fold_head = head if number == 0 else fitter.fit(~mask, best_epoch, seed + number)[0]
-        d, same, nearest = _validation_distances(embed(fold_head), ids, mask)
-        base_d, _, base_nearest = _validation_distances(base_vectors, ids, mask)
-        fold_thresholds.append(
-            min(
-                choose_threshold(base_d[~same], d[~same], base_threshold),
-                choose_threshold(base_nearest, nearest, base_threshold),
-            )
+    # tiny batches of 128-d vectors: more threads only add synchronisation
+    with _torch_threads(None if n_blocks else 1):
+        head, best_state, history, batches = fitter.fit(
+            ~is_val, epochs, seed, patience, score, progress
         )
-        for key, values in (("vi", d[~same]), ("bi", base_d[~same]), ("vn", nearest)):
-            pooled[key].append(values)
-        pooled["bn"].append(base_nearest)
-    if n_blocks:  # the fold models changed the network's tail: put the kept one back
-        model.load_state_dict(best_state["backbone"], strict=False)
-    bi, vi, bn, vn = (np.concatenate(pooled[key]) for key in ("bi", "vi", "bn", "vn"))
-    threshold = min(fold_thresholds)
+        best_epoch = _best_epoch(history)
+        trained = time.perf_counter()
+        pooled: dict[str, list[np.ndarray]] = {key: [] for key in ("bi", "vi", "bn", "vn")}
+        fold_thresholds = []
+        for number, mask in enumerate(fold_masks):
+            fold_head = head if number == 0 else fitter.fit(~mask, best_epoch, seed + number)[0]
+            d, same, nearest = _validation_distances(embed(fold_head), ids, mask)
+            base_d, _, base_nearest = _validation_distances(base_vectors, ids, mask)
+            fold_thresholds.append(
+                min(
+                    choose_threshold(base_d[~same], d[~same], base_threshold),
+                    choose_threshold(base_nearest, nearest, base_threshold),
+                )
+            )
+            for key, values in (("vi", d[~same]), ("bi", base_d[~same]), ("vn", nearest)):
+                pooled[key].append(values)
+            pooled["bn"].append(base_nearest)
+        if n_blocks:  # the fold models changed the network's tail: put the kept one back
+            model.load_state_dict(best_state["backbone"], strict=False)
+        bi, vi, bn, vn = (np.concatenate(pooled[key]) for key in ("bi", "vi", "bn", "vn"))
+        threshold = min(fold_thresholds)
     calibrated = time.perf_counter()
 
     # ---- summaries and files
@@ -967,6 +993,20 @@ def train(
         timings=timings,
         skipped=skipped,
     )
+
+
+@contextmanager
+def _torch_threads(count: int | None) -> Iterator[None]:
+    """Run with ``count`` torch CPU threads (None: as set), then restore the setting."""
+    import torch
+
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _best_epoch(history: list[dict[str, Any]]) -> int:
