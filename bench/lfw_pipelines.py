@@ -53,11 +53,26 @@ PIPELINES = {
 }
 
 
+def operating_points(distances: np.ndarray, same: np.ndarray) -> list[str]:
+    """TAR and FAR at fixed thresholds, and the thresholds for FAR targets."""
+    out = []
+    for threshold in (0.5, 0.55, 0.6):
+        accept = distances <= threshold
+        out.append(
+            f"{threshold}: {accept[same].mean() * 100:.1f}% / {accept[~same].mean() * 100:.2f}%"
+        )
+    for far in (1e-3, 3e-3):
+        tar, threshold = tar_at_far(distances, same, far)
+        out.append(f"FAR<={far:g} at {threshold:.3f} (TAR {tar * 100:.1f}%)")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/lfw-view1")
     parser.add_argument("--roc", default="docs/lfw-view1-roc.png")
     parser.add_argument("--json", default=None, help="also write the numbers here")
+    parser.add_argument("--only", default=None, help="run only pipelines whose label has this")
     args = parser.parse_args()
     data = Path(args.data)
     root = data / "images"
@@ -71,7 +86,9 @@ def main() -> None:
 
     detections: dict[str, dict] = {}
     rows, curves = [], {}
-    for label, (detector, encoder, options) in PIPELINES.items():
+    chosen = {k: v for k, v in PIPELINES.items() if not args.only or args.only in k}
+    thresholds = []
+    for label, (detector, encoder, options) in chosen.items():
         config = parse_config(
             {"pipeline": {"detector": detector, "encoder": encoder}, "encoders": {encoder: options}}
         )
@@ -113,6 +130,7 @@ def main() -> None:
         )
         pipeline.close()
         print(json.dumps(rows[-1]), flush=True)
+        thresholds.append((label, operating_points(d_train, train.same)))
 
     print()
     print(
@@ -127,6 +145,9 @@ def main() -> None:
             f"| {r['cv10_accuracy'] * 100:.2f}% ± {r['cv10_std'] * 100:.2f} "
             f"| {r['all_eer'] * 100:.2f}% | {r['all_tar_far_1e-3'] * 100:.1f}% |"
         )
+    print("\nOperating points on DevTrain (genuine accepted / impostors accepted):")
+    for label, points in thresholds:
+        print(f"  {label}: " + "; ".join(points))
     plot_roc(curves, args.roc, title="LFW View 1, all 3,200 pairs")
     print(f"\nROC: {args.roc}")
     if args.json:

@@ -51,10 +51,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--encoder", default="dlib-torch")
+    parser.add_argument("--threshold", type=float, help="override the encoder's default")
+    parser.add_argument("--min-face-px", type=int, help="override [recognition] min_face_px")
     args = parser.parse_args()
     video = Path(args.data) / "video"
+    recognition = {"threshold": args.threshold, "min_face_px": args.min_face_px}
     config = parse_config(
-        {"pipeline": {"encoder": args.encoder, "actuators": ["log"]}}, origin="bench"
+        {
+            "pipeline": {"encoder": args.encoder, "actuators": ["log"]},
+            "recognition": {k: v for k, v in recognition.items() if v is not None},
+        },
+        origin="bench",
     )
     pipeline = Pipeline(config, make_plugin_manager(entry_points=False).registry)
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,7 +77,10 @@ def main() -> None:
         stats = Runner(pipeline, db.path, doors, on_event=events.append).run()["stage"]
         wall = time.perf_counter() - started
         db.close()
-    print(f"encoder {args.encoder}: {stats.frames} frames in {wall:.1f} s")
+    print(
+        f"encoder {args.encoder} (threshold {pipeline.threshold}, min face "
+        f"{config.recognition.min_face_px} px): {stats.frames} frames in {wall:.1f} s"
+    )
     print(
         f"capture to decision per frame: median {stats.latency(50):.1f} ms, "
         f"p90 {stats.latency(90):.1f} ms"
