@@ -40,7 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
-from gate.metric.train import encode_folder, open_set, train, verification
+from gate.metric.folders import encode_folder
+from gate.metric.scoring import open_set, verification
+from gate.metric.train import train
 from gate_plugins.dlib_torch import DlibTorchEncoder, DlibTorchOptions
 from gate_plugins.yunet import YuNetDetector
 
@@ -247,7 +249,7 @@ def main() -> None:
 def encode_folder_subset(folder, rows: slice, detector, encoder) -> np.ndarray:
     """The given photos encoded from scratch by ``encoder`` (to check the fast path)."""
     from gate.images import read_image
-    from gate.metric.train import find_face
+    from gate.metric.folders import find_face
 
     out = []
     for path in folder.paths[rows]:

@@ -23,3 +23,7 @@ class ComponentError(GateError):
 
 class SourceError(GateError):
     """A video source that cannot be opened."""
+
+
+class TrainingError(GateError):
+    """Training data or settings that cannot give an encoder variant; the message says why."""

@@ -305,7 +305,8 @@ def eval_command(
     import numpy as np
 
     from gate.evaluation import plot_roc
-    from gate.metric.train import encode_folder, open_set, pair_distances, verification
+    from gate.metric.folders import encode_folder
+    from gate.metric.scoring import open_set, pair_distances, verification
 
     pipeline = app.pipeline
     encoder, threshold = pipeline.encoder, pipeline.threshold

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from gate.errors import ConfigError
+from gate.errors import ConfigError, TrainingError
 from gate.metric.head import (
     VARIANT_FORMAT,
     ProjectionHead,
@@ -26,7 +26,6 @@ from gate.metric.head import (
 from gate.metric.train import (
     DEFAULT_LOSS_OPTIONS,
     TRIPLET_MINING,
-    TrainingError,
     calibration_folds,
     choose_threshold,
     split_people,
@@ -81,7 +80,7 @@ def base_encoder():
 
 def face_of(path: Path):
     from gate.images import read_image
-    from gate.metric.train import find_face
+    from gate.metric.folders import find_face
     from gate_plugins.yunet import YuNetDetector
 
     image, face, _ = find_face(YuNetDetector(), read_image(path).pixels)
@@ -366,7 +365,7 @@ def test_tight_crops_are_padded_when_no_face_is_found_and_bad_photos_skipped(
 ):
     from gate.components import Detector
     from gate.images import read_image
-    from gate.metric.train import encode_folder, find_face
+    from gate.metric.folders import encode_folder, find_face
     from gate_plugins.yunet import YuNetDetector
 
     class NeedsContext(Detector):
@@ -399,7 +398,7 @@ def test_tight_crops_are_padded_when_no_face_is_found_and_bad_photos_skipped(
 
 def test_an_untrained_linear_head_keeps_the_base_geometry(site, base_encoder):
     """Normalising dlib's descriptors bends their distances; the lifted head barely does."""
-    from gate.metric.train import encode_folder
+    from gate.metric.folders import encode_folder
     from gate_plugins.yunet import YuNetDetector
 
     x = torch.from_numpy(encode_folder(site, YuNetDetector(), base_encoder).embeddings)

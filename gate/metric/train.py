@@ -14,8 +14,8 @@ and ``augment_copies`` augmented chips are pushed through it and cached, and eve
 from that cache. The network has no batch norm (dlib's affine layers are fixed), so the
 frozen part is exact in eval mode.
 
-:func:`encode_folder`, :func:`verification` and :func:`open_set` measure any encoder on such a
-folder (``gate eval``, ``bench/site_adaptation.py``).
+Reading the folder is :mod:`gate.metric.folders`; scoring an encoder on it (``gate eval``,
+validation here) is :mod:`gate.metric.scoring`.
 """
 
 from __future__ import annotations
@@ -34,35 +34,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gate.errors import GateError
+from gate.errors import TrainingError
+from gate.metric.folders import Progress, faces_of, person_folders
 
 if TYPE_CHECKING:
-    from gate.components import Detector, Encoder, Face
-    from gate.evaluation import OpenSetResult, Roc
+    from gate.components import Detector
     from gate.metric.head import Variant
 
 __all__ = [
     "DEFAULT_LOSS_OPTIONS",
     "TRAIN_LOSSES",
     "TRIPLET_MINING",
-    "FolderEmbeddings",
-    "Progress",
     "TrainResult",
-    "TrainingError",
     "calibration_folds",
     "choose_threshold",
-    "encode_folder",
-    "find_face",
-    "open_set",
-    "pair_distances",
-    "person_folders",
     "split_people",
     "train",
-    "verification",
 ]
-
-#: ``progress(stage, done, total)``; stages ``faces``, ``encoding`` and ``training`` (epochs).
-Progress = Callable[[str, int, int], None]
 
 #: The losses ``gate train`` offers, with the options each gets unless told otherwise. Margins
 #: suit the head's start (a cap of the unit sphere where faces of different people are about
@@ -94,218 +82,6 @@ CSV_COLUMNS = [
     "seconds",
     "best",
 ]
-
-
-class TrainingError(GateError):
-    """Training data or settings that cannot give a variant; the message says why."""
-
-
-# --------------------------------------------------------------------------- faces
-
-
-def person_folders(data_dir: str | os.PathLike[str]) -> list[tuple[str, list[Path]]]:
-    """``(person, photos)`` for every subfolder of ``data_dir`` holding images, sorted."""
-    from gate.images import list_images
-
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise TrainingError(f"{root}: not a folder")
-    people = [(d.name, list_images(d)) for d in sorted(root.iterdir()) if d.is_dir()]
-    people = [(name, photos) for name, photos in people if photos]
-    if not people:
-        raise TrainingError(f"{root}: no subfolders with images (one subfolder per person)")
-    return people
-
-
-def find_face(detector: Detector, image: np.ndarray) -> tuple[np.ndarray, Face, bool] | None:
-    """The largest face, as ``(image, face, padded)``; None when there is none.
-
-    When nothing is found the image is padded by half its longer side on every edge (edges
-    replicated: tight aligned crops, such as 112x112 training sets, leave a detector no
-    context) and searched again; the face is then given in the padded image.
-    """
-    from gate.images import cv2
-
-    faces = detector.detect(image)
-    padded = False
-    if not faces:
-        pad = max(image.shape[:2]) // 2
-        cv = cv2()
-        image = cv.copyMakeBorder(image, pad, pad, pad, pad, cv.BORDER_REPLICATE)
-        faces = detector.detect(image)
-        padded = True
-    if not faces:
-        return None
-    return image, max(faces, key=lambda f: f.size), padded
-
-
-def _faces(
-    people: Sequence[tuple[str, list[Path]]],
-    detector: Detector,
-    progress: Progress | None,
-    skipped: list[dict[str, str]],
-) -> Iterator[tuple[str, Path, np.ndarray, Face, bool]]:
-    """Every photo's largest face; unreadable photos and photos without one go to ``skipped``."""
-    from gate.images import read_image
-
-    total = sum(len(photos) for _, photos in people)
-    done = 0
-    for person, photos in people:
-        for path in photos:
-            done += 1
-            try:
-                found = find_face(detector, read_image(path).pixels)
-            except GateError as exc:
-                skipped.append({"photo": str(path), "reason": str(exc)})
-                found = None
-            else:
-                if found is None:
-                    skipped.append({"photo": str(path), "reason": "no face found"})
-            if found is not None:
-                yield (person, path, *found)
-            if progress:
-                progress("faces", done, total)
-
-
-@dataclass
-class FolderEmbeddings:
-    """One embedding per photo whose face was found, with its person and path."""
-
-    embeddings: np.ndarray
-    people: list[str]
-    paths: list[Path]
-    skipped: list[dict[str, str]]
-    padded: int
-
-    def ids(self) -> np.ndarray:
-        """Integer person ids, in order of first appearance."""
-        index: dict[str, int] = {}
-        return np.asarray([index.setdefault(p, len(index)) for p in self.people], np.int64)
-
-
-def encode_folder(
-    data_dir: str | os.PathLike[str],
-    detector: Detector,
-    encoder: Encoder,
-    progress: Progress | None = None,
-    batch: int = 16,
-) -> FolderEmbeddings:
-    """Embed the largest face of every photo of a one-subfolder-per-person folder.
-
-    Uses ``encoder.encode_many`` when it has one (shared forward passes), else ``encode``.
-    """
-    people, paths, vectors, pending = [], [], [], []
-    skipped: list[dict[str, str]] = []
-    padded = 0
-    many = getattr(encoder, "encode_many", None)
-
-    def flush() -> None:
-        items = [(image, [face]) for image, face in pending]
-        if many is not None:
-            vectors.extend(v[0] for v in many(items))
-        else:
-            vectors.extend(encoder.encode(image, faces)[0] for image, faces in items)
-        pending.clear()
-
-    for person, path, image, face, was_padded in _faces(
-        person_folders(data_dir), detector, progress, skipped
-    ):
-        people.append(person)
-        paths.append(path)
-        padded += was_padded
-        pending.append((image, face))
-        if len(pending) >= batch:
-            flush()
-    if pending:
-        flush()
-    array = np.asarray(vectors, np.float32).reshape(len(people), -1)
-    return FolderEmbeddings(array, people, paths, skipped, padded)
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-def pair_distances(embeddings: np.ndarray, ids: Sequence[int] | np.ndarray) -> tuple[Any, Any]:
-    """Euclidean distances of every unordered pair ``i < j`` and whether it is one person."""
-    x = np.asarray(embeddings, np.float64)
-    labels = np.asarray(ids)
-    sq = (x * x).sum(1)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (x @ x.T), 0.0)
-    i, j = np.triu_indices(len(x), 1)
-    return np.sqrt(d2[i, j]), labels[i] == labels[j]
-
-
-def verification(
-    embeddings: np.ndarray, ids: Sequence[int] | np.ndarray, threshold: float | None = None
-) -> tuple[dict[str, Any], Roc]:
-    """ROC, EER and TAR at FAR 1e-2 and 1e-3 over every pair; rates at ``threshold`` if given.
-
-    A TAR at a FAR smaller than ``1 / impostor pairs`` is the TAR with no false accept.
-    """
-    from gate.evaluation import eer, roc, tar_at_far
-
-    d, same = pair_distances(embeddings, ids)
-    if not same.any() or same.all():
-        raise TrainingError("verification needs same-person and different-person pairs")
-    curve = roc(d, same)
-    rate, at = eer(curve)
-    out: dict[str, Any] = {
-        "pairs": int(d.size),
-        "genuine_pairs": int(same.sum()),
-        "impostor_pairs": int((~same).sum()),
-        "eer": rate,
-        "eer_threshold": at,
-    }
-    for name, far in (("1e-2", 1e-2), ("1e-3", 1e-3)):
-        tar, t = tar_at_far(d, same, far)
-        out[f"tar_at_far_{name}"] = tar
-        out[f"threshold_at_far_{name}"] = t if math.isfinite(t) else None
-    if threshold is not None:
-        out["threshold"] = threshold
-        out["tar_at_threshold"] = float((d[same] <= threshold).mean())
-        out["impostor_rejection"] = float((d[~same] > threshold).mean())
-    return out, curve
-
-
-def open_set(
-    embeddings: np.ndarray,
-    people: Sequence[str],
-    gallery: np.ndarray,
-    threshold: float,
-    far: float = 1e-2,
-) -> tuple[dict[str, Any], OpenSetResult]:
-    """Open-set identification: the ``gallery`` rows are enrolled, every other row probes.
-
-    A probe whose person has no gallery row is a stranger. Reports rank-1, DIR at ``far``
-    false alarms per stranger, and DIR and stranger rejection at ``threshold``.
-    """
-    from gate.evaluation import open_set_identification
-
-    gallery = np.asarray(gallery, bool)
-    names = np.asarray(people, dtype=object)
-    result = open_set_identification(
-        embeddings[gallery],
-        list(names[gallery]),
-        embeddings[~gallery],
-        list(names[~gallery]),
-        threshold=threshold,
-        far=far,
-    )
-    summary = {
-        "enrolled_people": len(set(names[gallery])),
-        "gallery_photos": int(gallery.sum()),
-        "known_probes": result.n_known,
-        "stranger_people": len(set(names[~gallery]) - set(names[gallery])),
-        "stranger_probes": result.n_strangers,
-        "rank1": result.rank1,
-        "far": far,
-        "threshold_at_far": result.threshold_at_far,
-        "dir_at_far": result.dir_at_far,
-        "threshold": threshold,
-        "dir_at_threshold": result.dir_at_threshold,
-        "stranger_rejection": result.stranger_rejection,
-    }
-    return summary, result
 
 
 def choose_threshold(base: np.ndarray, variant: np.ndarray, base_threshold: float) -> float:
@@ -775,7 +551,7 @@ def train(
     skipped: list[dict[str, str]] = []
     photos: list[_Photo] = []
     padded = 0
-    for person, _path, image, face, was_padded in _faces(
+    for person, _path, image, face, was_padded in faces_of(
         person_folders(data_dir), detector, progress, skipped
     ):
         photos.append(_Photo(person, encoder.face_chips(image, face)))
