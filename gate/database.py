@@ -203,6 +203,16 @@ class GateDB:
         self.db["templates"].delete_where("space != ?", [space])
         return count
 
+    def roster_version(self, space: str) -> tuple:
+        """Changes whenever the templates of ``space`` or the people's names change."""
+        templates = self.db.execute(
+            "select count(*), max(id) from templates where space = ?", [space]
+        ).fetchone()
+        people = self.db.execute(
+            "select count(*), max(id), group_concat(name, '/') from people"
+        ).fetchone()
+        return (*templates, *people)
+
     def template_spaces(self) -> dict[str, int]:
         """How many templates each embedding space holds."""
         return {

@@ -109,7 +109,7 @@ class DoorLoop:
         self.decider = DoorDecider(door.decision)
         self.stop = threading.Event()
         self.stats = RunStats()
-        self._names: dict[int, str] = {}
+        self.names: dict[int, str] = {}
         self._last_face = float("-inf")
         self._present = False
 
@@ -123,8 +123,8 @@ class DoorLoop:
             self.db.ensure_door(self.door.name)
             if load_templates:
                 self.pipeline.load_templates(self.db)
-            self._names = self.db.names()
-            logger.info("door %s: %d people enrolled", self.door.name, len(self._names))
+            self.names = self.db.names()
+            logger.info("door %s: %d people enrolled", self.door.name, len(self.names))
             self._process_all(Capture(source, self.config.capture, self.realtime).start())
         finally:
             source.close()
@@ -222,7 +222,7 @@ class DoorLoop:
             decision=decision,
             reason=reason,
             person_id=person_id,
-            person=self._names.get(person_id) if person_id is not None else None,
+            person=self.names.get(person_id) if person_id is not None else None,
             distance=match.distance if match else None,
             margin=match.margin if match else None,
             latency_ms=round((time.monotonic() - frame.captured_mono) * 1000.0, 2),

@@ -37,6 +37,7 @@ class Runner:
         hook=None,
         realtime: bool = False,
         on_event: Callable[[AccessEvent], None] | None = None,
+        reload_s: float = 2.0,
     ):
         self.pipeline = pipeline
         self.db_path = db_path
@@ -45,6 +46,7 @@ class Runner:
         self.realtime = realtime
         self.on_event = on_event
         self.loops: list[DoorLoop] = []
+        self.reload_s = reload_s
         self.errors: dict[str, str] = {}
         self._event_lock = threading.Lock()
 
@@ -92,6 +94,11 @@ class Runner:
             raise
         shared = SharedEncoder(self.pipeline.encoder, parties=len(self.doors))
         threads = []
+        watching = threading.Event()
+        watcher = threading.Thread(
+            target=self._watch_roster, args=(watching,), name="gate-roster", daemon=True
+        )
+        watcher.start()
         try:
             for index, door in enumerate(self.doors):
                 detector = (
@@ -121,10 +128,32 @@ class Runner:
                 thread.join(timeout=10)
             raise
         finally:
+            watching.set()
             shared.close()
         if self.errors and len(self.errors) == len(self.doors):
             raise GateError("; ".join(f"door {d}: {e}" for d, e in self.errors.items()))
         return {loop.door.name: loop.stats for loop in self.loops}
+
+    def _watch_roster(self, stop: threading.Event) -> None:
+        """Reload templates and names when someone is enrolled, removed or renamed meanwhile."""
+        db = GateDB(self.db_path)
+        try:
+            space = self.pipeline.encoder.space
+            seen = db.roster_version(space)
+            while not stop.wait(self.reload_s):
+                version = db.roster_version(space)
+                if version == seen:
+                    continue
+                seen = version
+                count = self.pipeline.load_templates(db)
+                names = db.names()
+                for loop in self.loops:
+                    loop.names = names
+                logger.info("enrolment changed: %d templates of %d people", count, len(names))
+        except Exception:
+            logger.exception("template reloading stopped")
+        finally:
+            db.close()
 
     def _run_loop(self, loop: DoorLoop, source) -> None:
         db = GateDB(self.db_path)

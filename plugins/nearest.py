@@ -24,23 +24,23 @@ class NearestMatcher(Matcher):
         self.fit(np.zeros((0, 0), np.float32), np.zeros(0, np.int64))
 
     def fit(self, embeddings: np.ndarray, person_ids: np.ndarray) -> None:
+        """Replace the templates at once (safe while other threads match)."""
         order = np.argsort(person_ids, kind="stable")
-        self._templates = np.ascontiguousarray(embeddings[order], dtype=np.float32)
-        ids = np.asarray(person_ids)[order]
-        self._people, self._starts = np.unique(ids, return_index=True)
-        self._sq = (self._templates.astype(np.float64) ** 2).sum(axis=1)
+        templates = np.ascontiguousarray(embeddings[order], dtype=np.float64)
+        people, starts = np.unique(np.asarray(person_ids)[order], return_index=True)
+        self._index = (templates, people, starts, (templates**2).sum(axis=1))
 
     def match(self, embeddings: np.ndarray, *, threshold: float, min_margin: float) -> list[Match]:
         queries = np.asarray(embeddings, np.float32)
+        templates, people, starts, norms = self._index
         if len(queries) == 0:
             return []
-        if len(self._people) == 0:
+        if len(people) == 0:
             return [Match("unknown", None, None, float("inf"), float("inf")) for _ in queries]
         q = queries.astype(np.float64)
-        cross = q @ self._templates.T.astype(np.float64)
-        sq = (q**2).sum(axis=1, keepdims=True) + self._sq[None, :] - 2.0 * cross
+        sq = (q**2).sum(axis=1, keepdims=True) + norms[None, :] - 2.0 * (q @ templates.T)
         distances = np.sqrt(np.maximum(sq, 0.0))
-        per_person = np.minimum.reduceat(distances, self._starts, axis=1)
+        per_person = np.minimum.reduceat(distances, starts, axis=1)
         best = per_person.argmin(axis=1)
         rows = np.arange(len(queries))
         nearest = per_person[rows, best]
@@ -50,7 +50,7 @@ class NearestMatcher(Matcher):
             runner_up = np.full(len(queries), np.inf)
         out = []
         for i in range(len(queries)):
-            candidate = int(self._people[best[i]])
+            candidate = int(people[best[i]])
             distance, margin = float(nearest[i]), float(runner_up[i] - nearest[i])
             if distance > threshold or not np.isfinite(distance):
                 status, person = "unknown", None

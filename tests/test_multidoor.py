@@ -76,3 +76,28 @@ def test_faces_of_several_doors_share_one_forward_pass(pm):
     alone = pipeline.encoder.encode(image, faces)
     for result in results:
         np.testing.assert_allclose(result, alone, atol=1e-4)
+
+
+def test_people_enrolled_while_gate_runs_are_recognised_without_a_restart(tmp_path, pm):
+    import threading
+    import time
+
+    config = parse_config({"pipeline": {"actuators": ["log"]}})
+    running = Pipeline(config, pm.registry)
+    admin = Pipeline(config, pm.registry)  # the admin's own process, in effect
+    db = GateDB(tmp_path / "gate.db")
+    db.add_door("front", source=str(sample_path("door.mp4")))
+    runner = Runner(
+        running, db.path, doors_for_run(db, config, [], None), realtime=True, reload_s=0.5
+    )
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    time.sleep(1.5)  # the clip shows Obama from 3.0 s to 5.5 s
+    obama = sorted((sample_path("people") / "obama").iterdir())
+    assert enroll(db, admin, "obama", obama).stored
+    thread.join(timeout=60)
+    granted = [e.person for e in db.events() if e.decision == "granted"]
+    assert granted == ["obama"]
+    running.close()
+    admin.close()
+    db.close()

@@ -45,9 +45,12 @@ __all__ = [
     "DEFAULT_LOSS_OPTIONS",
     "TRAIN_LOSSES",
     "TRIPLET_MINING",
+    "THRESHOLD_CONFIDENCE",
     "TrainResult",
+    "allowed_count",
     "calibration_folds",
     "choose_threshold",
+    "cross_fitted_threshold",
     "split_people",
     "train",
 ]
@@ -66,11 +69,15 @@ TRAIN_LOSSES: tuple[str, ...] = tuple(DEFAULT_LOSS_OPTIONS)
 #: The triplet loss's mining strategies (``gate.metric.losses.MINING_STRATEGIES``, without torch).
 TRIPLET_MINING: tuple[str, ...] = ("batch_all", "batch_hard", "semi_hard")
 MONITOR = "eer"
+#: Confidence of the lower bound on the base encoder's acceptance that the variant must stay
+#: under (:func:`allowed_count`): one-sided 95%, fixed in advance, not fitted to any data.
+THRESHOLD_CONFIDENCE = 0.95
 THRESHOLD_RULE = (
-    "cross-fitted over people: the largest threshold (halfway to the next distance) at which, "
-    "in every fold, the head trained without that fold accepts no more of the fold's impostor "
-    "pairs, and no more of its photos taken as strangers against its training photos, than "
-    "the base encoder does at its own threshold"
+    "cross-fitted over people, with a margin: the largest threshold (halfway to the next "
+    "distance) at which the heads trained without each fold accept, of that fold's photos "
+    "taken as strangers and of its impostor pairs, no more than the base encoder at its own "
+    "threshold in every fold, and, over all folds together, no more than the one-sided 95% "
+    "lower confidence bound (Clopper-Pearson) of the base encoder's count"
 )
 CSV_COLUMNS = [
     "epoch",
@@ -84,12 +91,59 @@ CSV_COLUMNS = [
 ]
 
 
-def choose_threshold(base: np.ndarray, variant: np.ndarray, base_threshold: float) -> float:
+def _binomial_tail(n: int, p: float, k: int) -> float:
+    """``P(X >= k)`` for ``X ~ Binomial(n, p)``, summed exactly in log space."""
+    if k <= 0 or p >= 1.0:
+        return 1.0
+    if p <= 0.0 or k > n:
+        return 0.0
+    i = np.arange(k - 1, dtype=np.float64)
+    log_comb = np.concatenate([[0.0], np.cumsum(np.log(n - i) - np.log(i + 1))])  # j = 0..k-1
+    j = np.arange(k, dtype=np.float64)
+    below = np.exp(log_comb + j * math.log(p) + (n - j) * math.log1p(-p)).sum()
+    return float(max(0.0, 1.0 - below))
+
+
+def allowed_count(accepted: int, n: int, confidence: float = THRESHOLD_CONFIDENCE) -> int:
+    """How many of ``n`` strangers (or impostor pairs) a variant may accept when the base
+    encoder accepted ``accepted`` of them: ``floor(n * p_low)``, with ``p_low`` the one-sided
+    lower confidence bound (Clopper-Pearson, ``confidence``) of the base's acceptance rate.
+
+    In plain words: the largest count ``a`` such that, were the base's true rate only
+    ``a / n``, seeing ``accepted`` or more acceptances would have a chance of at most
+    ``1 - confidence``. The gap to ``accepted`` is about what chance alone moves such a count
+    by (1.6 standard deviations at 95%), so a variant under it does not merely match the base
+    on these faces but beats it by more than their sampling noise. 0 when ``accepted`` is 0,
+    and always below ``accepted`` otherwise: 1, 2 or 3 accepted allow none, 4 allow 1 (n
+    large), 10 of 90 allow 5.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise TrainingError(f"confidence must be between 0 and 1, got {confidence}")
+    if accepted <= 0 or n <= 0:
+        return 0
+    alpha = 1.0 - confidence
+    lo, hi = 0, min(accepted, n)  # the tail grows with a: lo passes, find the last that does
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _binomial_tail(n, mid / n, accepted) <= alpha:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def choose_threshold(
+    base: np.ndarray,
+    variant: np.ndarray,
+    base_threshold: float,
+    confidence: float | None = None,
+) -> float:
     """The largest threshold at which ``variant`` accepts no more of these distances than
     ``base`` accepts at ``base_threshold`` (the same impostor pairs, or the same strangers'
     nearest distances, measured by both encoders; accepted means ``distance <= threshold``).
+    With ``confidence``, no more than :func:`allowed_count` of them: a margin below the base.
 
-    With ``A`` the base encoder's accepted count, the threshold is halfway between the
+    With ``A`` the count the variant may accept, the threshold is halfway between the
     ``(A+1)``-th smallest variant distance and the largest variant distance below it; just
     below the smallest one when ``A == 0``; the largest one when every distance is accepted.
     The result is clipped to ``(0, 2]``, the range of distances between unit vectors.
@@ -99,6 +153,8 @@ def choose_threshold(base: np.ndarray, variant: np.ndarray, base_threshold: floa
     if ranked.size == 0:
         raise TrainingError("no impostor distances to choose a threshold on")
     allowed = int((base <= base_threshold).sum())
+    if confidence is not None:
+        allowed = allowed_count(allowed, base.size, confidence)
     if allowed >= ranked.size:
         t = float(ranked[-1])
     else:
@@ -106,6 +162,29 @@ def choose_threshold(base: np.ndarray, variant: np.ndarray, base_threshold: floa
         below = ranked[ranked < nxt]
         t = float((below[-1] + nxt) / 2.0) if below.size else float(np.nextafter(nxt, 0.0))
     return float(min(max(t, 1e-6), 2.0))
+
+
+def cross_fitted_threshold(
+    base: Sequence[np.ndarray],
+    variant: Sequence[np.ndarray],
+    base_threshold: float,
+    confidence: float = THRESHOLD_CONFIDENCE,
+) -> float:
+    """The threshold for one measure from its folds (``base[f]`` and ``variant[f]``: the same
+    distances of fold ``f``, measured by the base encoder and by the head that never saw
+    fold ``f``): the smallest of
+
+    * per fold, :func:`choose_threshold` without a margin (in no fold may the variant accept
+      more than the base), and
+    * over all folds pooled, :func:`choose_threshold` with the ``confidence`` margin (over
+      the whole folder it must accept fewer, by more than sampling noise, whenever the base
+      accepts anything).
+    """
+    if len(base) != len(variant) or not base:
+        raise TrainingError("need the same folds, at least one, for the base and the variant")
+    per_fold = [choose_threshold(b, v, base_threshold) for b, v in zip(base, variant, strict=True)]
+    pooled = choose_threshold(np.concatenate(base), np.concatenate(variant), base_threshold, confidence)
+    return min(*per_fold, pooled)
 
 
 # --------------------------------------------------------------------------- training
