@@ -13,7 +13,9 @@ Reported per encoder, on the test photos:
 * open-set identification against the K enrolled photos per person: rank-1, and the rate at
   which the strangers are rejected at the threshold in force (the base encoder's default
   threshold, the stored threshold for a variant), with the DIR at that threshold;
-* training time on this machine (faces found, network cache, epochs: all of ``train``).
+* training time on this machine (faces found, network cache, epochs: all of ``train``);
+* ``train``'s own held-out check of its threshold rule (strangers accepted by the base and by
+  the variant when each fold's threshold is chosen without it), and whether it warned.
 
 Examples::
 
@@ -152,17 +154,28 @@ def table(rows: list[dict]) -> None:
     """One markdown row per encoder and seed."""
     print(
         "| seed | encoder | TAR @ FAR 1e-3 | EER | rank-1 | strangers rejected "
-        "| DIR at threshold | threshold | best / run epochs | training time |"
+        "| DIR at threshold | threshold | best / run epochs | held-out check | training time |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         epochs = f"{r['best_epoch']} / {r['epochs_run']}" if "best_epoch" in r else "-"
         took = f"{r['train_s']:.0f} s" if r["train_s"] is not None else "-"
         print(
             f"| {r['seed']} | {r['encoder']} | {pct(r['tar_at_far_1e-3'])} "
             f"| {r['eer'] * 100:.2f}% | {pct(r['rank1'])} | {pct(r['stranger_rejection'])} "
-            f"| {pct(r['dir_at_threshold'])} | {r['threshold']:.3f} | {epochs} | {took} |"
+            f"| {pct(r['dir_at_threshold'])} | {r['threshold']:.3f} | {epochs} "
+            f"| {held_out(r)} | {took} |"
         )
+
+
+def held_out(row: dict) -> str:
+    """``gate train``'s own check of its threshold rule on people it did not see: strangers
+    accepted by the base and by the variant, over all folds; "warned" when it failed."""
+    if "validation" not in row:
+        return "-"
+    check = row["validation"]["calibration"]["held_out"]
+    warned = ", warned" if check["warning"] else ""
+    return f"{check['base_accepted']} / {check['variant_accepted']} of {check['strangers']}{warned}"
 
 
 def summary(rows: list[dict]) -> None:

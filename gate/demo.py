@@ -75,7 +75,8 @@ def run_demo(
             watcher, ready = _watch(port, config.mqtt.topic_prefix)
             try:
                 ready.wait(5)
-                click.echo(f"embedded MQTT broker on 127.0.0.1:{port}; database {db.path}")
+                kept = "" if workdir else " (temporary: --workdir DIR keeps it)"
+                click.echo(f"embedded MQTT broker on 127.0.0.1:{port}; database {db.path}{kept}")
                 for person in sorted(p for p in sample_path("people").iterdir() if p.is_dir()):
                     result = enroll(db, pipeline, person.name, list_images(person))
                     reasons = "; ".join(r.reason for r in result.refusals)

@@ -4,6 +4,7 @@ encoder running it, the threshold rule, and the ``gate train`` / ``gate eval`` c
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -25,9 +26,13 @@ from gate.metric.head import (
 )
 from gate.metric.train import (
     DEFAULT_LOSS_OPTIONS,
+    THRESHOLD_CONFIDENCE,
     TRIPLET_MINING,
+    _held_out_check,
+    allowed_count,
     calibration_folds,
     choose_threshold,
+    cross_fitted_threshold,
     split_people,
     train,
 )
@@ -57,17 +62,27 @@ def trained(site, tmp_path_factory):
     """Two epochs of triplet training with a 64-d head."""
     out = tmp_path_factory.mktemp("variant") / "lobby.pt"
     stages = []
-    result = train(
-        site,
-        "triplet",
-        epochs=2,
-        out=out,
-        head_dim=64,
-        val_fraction=0.34,
-        augment_copies=2,
-        seed=0,
-        progress=lambda stage, done, total: stages.append(stage),
-    )
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            stages.append(("log", record.levelname, record.getMessage()))
+
+    keep = Keep()
+    logging.getLogger("gate.train").addHandler(keep)
+    try:
+        result = train(
+            site,
+            "triplet",
+            epochs=2,
+            out=out,
+            head_dim=64,
+            val_fraction=0.34,
+            augment_copies=2,
+            seed=0,
+            progress=lambda stage, done, total: stages.append(stage),
+        )
+    finally:
+        logging.getLogger("gate.train").removeHandler(keep)
     return result, stages
 
 
@@ -91,7 +106,7 @@ def test_short_training_run_lowers_the_loss_and_writes_the_variant_and_metrics(t
     result, stages = trained
     assert [row["epoch"] for row in result.history] == [0, 1, 2]
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
-    assert {"faces", "encoding", "training"} <= set(stages)
+    assert {"faces", "encoding", "training"} <= {s for s in stages if isinstance(s, str)}
     assert result.path.is_file() and result.path.name == "lobby.pt"
     assert result.metrics_json == result.path.with_name("lobby.metrics.json")
     metrics = json.loads(result.metrics_json.read_text())
@@ -105,6 +120,20 @@ def test_short_training_run_lowers_the_loss_and_writes_the_variant_and_metrics(t
     assert cal["folds"] == 3 and cal["strangers"] == 24
     assert cal["variant_stranger_rejection"] >= cal["base_stranger_rejection"]
     assert cal["variant_impostor_rejection"] >= cal["base_impostor_rejection"]
+    # ... with the margin: no more than the lower confidence bound of the base's count
+    assert cal["confidence"] == THRESHOLD_CONFIDENCE == 0.95
+    assert cal["strangers_allowed"] == allowed_count(cal["base_strangers_accepted"], 24)
+    assert cal["variant_strangers_accepted"] <= cal["strangers_allowed"]
+    assert result.threshold <= min(cal["fold_thresholds"])
+    # the rule's own check on held-out folds, and its warning, logged when it fails
+    check = cal["held_out"]
+    assert check["strangers"] == 24 and len(check["folds"]) == 3
+    assert check["base_accepted"] == sum(f["base_accepted"] for f in check["folds"])
+    assert check["variant_accepted"] == sum(f["variant_accepted"] for f in check["folds"])
+    assert (check["warning"] is not None) == (check["variant_accepted"] > check["base_accepted"])
+    assert cal["warning"] == check["warning"]
+    logged = [entry for entry in stages if entry[0] == "log"]
+    assert logged == ([("log", "WARNING", check["warning"])] if check["warning"] else [])
 
 
 def test_variant_file_holds_settings_and_summary_but_no_photos(trained, site):
@@ -271,6 +300,98 @@ def test_choose_threshold_never_accepts_more_than_the_base():
     # ties: a tied group is accepted whole or not at all
     t = choose_threshold(np.array([0.1, 0.9, 0.9]), np.array([0.5, 0.5, 0.8]), 0.6)
     assert t < 0.5
+
+
+def test_allowed_count_is_the_lower_confidence_bound_of_the_base_count():
+    # nothing accepted by the base: nothing allowed
+    assert allowed_count(0, 10) == allowed_count(0, 0) == 0
+    # 3 of 10: were the rate 1/10, P(X >= 3) = 1 - (.3487 + .3874 + .1937) = .0702 > .05
+    assert allowed_count(3, 10) == 0
+    # 4 of 10: P(Bin(10, .1) >= 4) = .0128 <= .05, P(Bin(10, .2) >= 4) = .1209 > .05
+    assert allowed_count(4, 10) == 1
+    # 4 of 20: P(Bin(20, .05) >= 4) = .0159, P(Bin(20, .1) >= 4) = .1330
+    assert allowed_count(4, 20) == 1
+    # at 50%: P(Bin(10, .3) >= 4) = .3504 <= .5, P(Bin(10, .4) >= 4) = .6177 > .5
+    assert allowed_count(4, 10, confidence=0.5) == 3
+    # 1, 2 or 3 accepted allow none however many were tried; 10 of 90 allow 5
+    assert [allowed_count(a, 90) for a in (1, 2, 3, 4, 10, 15)] == [0, 0, 0, 1, 5, 9]
+    assert allowed_count(3, 100_000) == 0 and allowed_count(10, 100_000) == 5
+    # always below the base's own count, and the same as a direct search
+    from math import comb
+
+    def tail(n, p, k):
+        return 1 - sum(comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(k))
+
+    for n in (5, 12, 40):
+        for accepted in range(1, n + 1):
+            direct = max(
+                a for a in range(accepted + 1) if a == 0 or tail(n, a / n, accepted) <= 0.05
+            )
+            assert allowed_count(accepted, n) == direct < accepted, (n, accepted)
+    with pytest.raises(TrainingError, match="confidence"):
+        allowed_count(3, 10, confidence=1.0)
+
+
+def test_choose_threshold_with_a_margin():
+    base = np.array([0.1, 0.2, 0.3, 0.4, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2])  # 4 of 10 <= 0.6
+    variant = np.array([0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95])
+    # as many as the base: halfway between the 4th and the 5th smallest
+    assert choose_threshold(base, variant, 0.6) == pytest.approx(0.40)
+    # 4 of 10 allow 1: halfway between the 1st and the 2nd
+    assert choose_threshold(base, variant, 0.6, confidence=0.95) == pytest.approx(0.10)
+    # 3 of 10 allow none: just below the nearest
+    t = choose_threshold(base, variant, 0.35, confidence=0.95)
+    assert t < 0.05 and t == pytest.approx(0.05)
+
+
+def test_cross_fitted_threshold_takes_every_fold_and_the_pooled_bound():
+    # fold A: the base accepts 2 (0.5, 0.55), so may the variant: halfway 0.4 -> 0.5 = 0.45
+    base_a, var_a = np.array([0.5, 0.55, 0.7, 0.8, 0.9]), np.array([0.3, 0.4, 0.5, 0.6, 0.7])
+    # fold B: the base accepts 3: halfway 0.45 -> 0.8 = 0.625
+    base_b, var_b = np.array([0.4, 0.5, 0.55, 0.9, 1.0]), np.array([0.2, 0.35, 0.45, 0.8, 0.9])
+    assert choose_threshold(base_a, var_a, 0.6) == pytest.approx(0.45)
+    assert choose_threshold(base_b, var_b, 0.6) == pytest.approx(0.625)
+    # pooled, 5 of 10 accepted allow 2 (P(Bin(10, .2) >= 5) = .0328, P(Bin(10, .3) >= 5) =
+    # .1503): the variant's pooled distances 0.2 0.3 | 0.35 ...: halfway = 0.325, the smallest
+    assert allowed_count(5, 10) == 2
+    t = cross_fitted_threshold([base_a, base_b], [var_a, var_b], 0.6)
+    assert t == pytest.approx(0.325)
+    # a fold where the base accepts nobody binds: just below its nearest variant distance,
+    # below the pooled bound (5 of 12 allow 2: P(Bin(12, 1/6) >= 5) = .0363,
+    # P(Bin(12, 1/4) >= 5) = .1576; pooled 0.2 0.25 | 0.3: halfway = 0.275)
+    base_c, var_c = np.array([0.7, 0.8]), np.array([0.25, 0.9])
+    assert allowed_count(5, 12) == 2
+    assert choose_threshold(
+        np.r_[base_a, base_b, base_c], np.r_[var_a, var_b, var_c], 0.6, 0.95
+    ) == (pytest.approx(0.275))
+    t = cross_fitted_threshold([base_a, base_b, base_c], [var_a, var_b, var_c], 0.6)
+    assert t < 0.25 and t == pytest.approx(0.25)
+    with pytest.raises(TrainingError, match="same folds"):
+        cross_fitted_threshold([base_a], [var_a, var_b], 0.6)
+
+
+def test_the_held_out_check_warns_when_the_rule_fails_on_unseen_people():
+    def measured(base, variant):  # the same distances for both measures, to keep it small
+        base, variant = [np.array(b) for b in base], [np.array(v) for v in variant]
+        return {"bn": base, "bi": base, "vn": variant, "vi": variant}
+
+    base = [[0.7, 0.8], [0.7, 0.8], [0.5, 0.8]]  # the base accepts one photo, in fold 2
+    # a variant that keeps the base's order (half its distances) passes: without fold 2, the
+    # base accepts nobody and the threshold is just below 0.35, where fold 2 gets 1 in
+    check = _held_out_check(measured(base, [[d / 2 for d in f] for f in base]), 0.6)
+    assert [f["variant_accepted"] for f in check["folds"]] == [0, 0, 1]
+    assert [f["base_accepted"] for f in check["folds"]] == [0, 0, 1]
+    t = check["folds"][2]["threshold"]
+    assert t < 0.35 and t == pytest.approx(0.35)
+    assert (check["base_accepted"], check["variant_accepted"], check["strangers"]) == (1, 1, 6)
+    assert check["warning"] is None
+    # one that brings both of fold 2's photos close: without fold 2 the threshold is just
+    # below 0.3, which lets both in, against the base's one
+    check = _held_out_check(measured(base, [[0.3, 0.4], [0.3, 0.4], [0.1, 0.2]]), 0.6)
+    assert [f["variant_accepted"] for f in check["folds"]] == [0, 0, 2]
+    assert (check["base_accepted"], check["variant_accepted"]) == (1, 2)
+    assert "accepted 2 of their 6 photos as strangers and the base encoder 1" in check["warning"]
+    assert "gate eval" in check["warning"] and "[recognition] threshold" in check["warning"]
 
 
 def test_people_not_photos_are_split_and_the_split_is_seeded():

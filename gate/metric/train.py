@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,9 +44,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_LOSS_OPTIONS",
+    "THRESHOLD_CONFIDENCE",
     "TRAIN_LOSSES",
     "TRIPLET_MINING",
-    "THRESHOLD_CONFIDENCE",
     "TrainResult",
     "allowed_count",
     "calibration_folds",
@@ -54,6 +55,8 @@ __all__ = [
     "split_people",
     "train",
 ]
+
+logger = logging.getLogger("gate.train")
 
 #: The losses ``gate train`` offers, with the options each gets unless told otherwise. Margins
 #: suit the head's start (a cap of the unit sphere where faces of different people are about
@@ -183,7 +186,9 @@ def cross_fitted_threshold(
     if len(base) != len(variant) or not base:
         raise TrainingError("need the same folds, at least one, for the base and the variant")
     per_fold = [choose_threshold(b, v, base_threshold) for b, v in zip(base, variant, strict=True)]
-    pooled = choose_threshold(np.concatenate(base), np.concatenate(variant), base_threshold, confidence)
+    pooled = choose_threshold(
+        np.concatenate(base), np.concatenate(variant), base_threshold, confidence
+    )
     return min(*per_fold, pooled)
 
 
@@ -360,6 +365,69 @@ def calibration_folds(
         last = groups.pop()
         groups[-1] += last
     return [sorted(val_people), *(sorted(g) for g in groups)]
+
+
+def _threshold_of(
+    measured: Mapping[str, Sequence[np.ndarray]], folds: Iterable[int], base_threshold: float
+) -> tuple[float, list[float]]:
+    """:func:`cross_fitted_threshold` of both measures over ``folds`` (the smaller), and each
+    fold's own threshold without the margin (for the record)."""
+    folds = list(folds)
+    per_measure = [
+        cross_fitted_threshold(
+            [measured[base][f] for f in folds], [measured[var][f] for f in folds], base_threshold
+        )
+        for base, var in (("bn", "vn"), ("bi", "vi"))
+    ]
+    fold_thresholds = [
+        min(
+            choose_threshold(measured["bn"][f], measured["vn"][f], base_threshold),
+            choose_threshold(measured["bi"][f], measured["vi"][f], base_threshold),
+        )
+        for f in folds
+    ]
+    return min(per_measure), fold_thresholds
+
+
+def _held_out_check(
+    measured: Mapping[str, Sequence[np.ndarray]], base_threshold: float
+) -> dict[str, Any]:
+    """The rule tried on people it did not see: for each fold, the threshold chosen by the
+    same rule from the other folds, and how many of the fold's photos, taken as strangers,
+    the base encoder and the variant accept. A warning when, over all folds, the variant
+    accepts more of them than the base."""
+    folds = range(len(measured["bn"]))
+    rows = []
+    for f in folds:
+        t, _ = _threshold_of(measured, (g for g in folds if g != f), base_threshold)
+        rows.append(
+            {
+                "threshold": t,
+                "strangers": int(measured["bn"][f].size),
+                "base_accepted": int((measured["bn"][f] <= base_threshold).sum()),
+                "variant_accepted": int((measured["vn"][f] <= t).sum()),
+            }
+        )
+    base = sum(row["base_accepted"] for row in rows)
+    variant = sum(row["variant_accepted"] for row in rows)
+    strangers = sum(row["strangers"] for row in rows)
+    warning = None
+    if variant > base:
+        warning = (
+            f"the threshold rule failed its own held-out check: with each fold of people's "
+            f"threshold chosen without them, the variant accepted {variant} of their {strangers} "
+            f"photos as strangers and the base encoder {base}, so on people it has not seen "
+            f"this variant may reject fewer strangers than the base encoder. Measure it with "
+            f"'gate eval' on other people before using it, or set a lower "
+            f"[recognition] threshold by hand."
+        )
+    return {
+        "strangers": strangers,
+        "base_accepted": base,
+        "variant_accepted": variant,
+        "folds": rows,
+        "warning": warning,
+    }
 
 
 @dataclass
@@ -560,17 +628,24 @@ def train(
       people's photos). Epoch 0 is the untrained head. The epoch with the lowest EER (ties:
       TAR at FAR 1e-2, then ROC area) is kept, epoch 0 included; training stops after
       ``patience`` epochs without improvement.
-    * Threshold, cross-fitted over people: the validation people are fold 0 and the other
-      people are dealt into folds of the same size (:func:`calibration_folds`). For every
-      other fold a head is trained the same way on everybody outside it, for as many epochs
-      as the kept model. Each fold's photos are then strangers to the model that never saw
-      them: their distance to the nearest photo of the people it was trained on, and their
-      impostor pairs, are measured by that model and by the base encoder. Per fold, the two
-      :func:`choose_threshold` values against the base encoder at its default threshold
-      (0.6) are taken, and the threshold is the smallest over both and all folds: in every
-      fold the variant recipe rejects at least as many strangers, and at least as many
-      impostor pairs, as the base encoder. (A rule on the validation people alone rests on
-      a handful of faces, and which strangers get accepted depends mostly on who they are.)
+    * Threshold, cross-fitted over people, with a margin: the validation people are fold 0
+      and the other people are dealt into folds of the same size (:func:`calibration_folds`).
+      For every other fold a head is trained the same way on everybody outside it, for as
+      many epochs as the kept model. Each fold's photos are then strangers to the model that
+      never saw them: their distance to the nearest photo of the people it was trained on,
+      and their impostor pairs, are measured by that model and by the base encoder at its
+      default threshold. For each of the two measures (:func:`cross_fitted_threshold`) the
+      variant may accept no more than the base in any fold, and, over all folds together,
+      no more than the one-sided 95% lower confidence bound of the base's count
+      (:func:`allowed_count`: 10 of 90 strangers accepted by the base allow 5; 3 or fewer
+      allow none). The threshold is the largest that meets all of these (halfway to the next
+      distance). So on the training folder the variant rejects more strangers than the base
+      by more than sampling noise, whenever the base lets any in. Then the rule checks
+      itself on people it did not see: each fold is measured at the threshold the rule picks
+      from the other folds, and a warning is logged (``gate train`` prints it) when over all
+      folds the variant then accepts more of them as strangers than the base.
+      (A rule on the validation people alone rests on a handful of faces, and which
+      strangers get accepted depends mostly on who they are.)
 
     Everything is seeded by ``seed`` (split, folds, augmentation, sampler, torch).
     """
@@ -718,25 +793,23 @@ def train(
         )
         best_epoch = _best_epoch(history)
         trained = time.perf_counter()
-        pooled: dict[str, list[np.ndarray]] = {key: [] for key in ("bi", "vi", "bn", "vn")}
-        fold_thresholds = []
+        measured: dict[str, list[np.ndarray]] = {key: [] for key in ("bi", "vi", "bn", "vn")}
         for number, mask in enumerate(fold_masks):
             fold_head = head if number == 0 else fitter.fit(~mask, best_epoch, seed + number)[0]
             d, same, nearest = _validation_distances(embed(fold_head), ids, mask)
             base_d, _, base_nearest = _validation_distances(base_vectors, ids, mask)
-            fold_thresholds.append(
-                min(
-                    choose_threshold(base_d[~same], d[~same], base_threshold),
-                    choose_threshold(base_nearest, nearest, base_threshold),
-                )
-            )
-            for key, values in (("vi", d[~same]), ("bi", base_d[~same]), ("vn", nearest)):
-                pooled[key].append(values)
-            pooled["bn"].append(base_nearest)
+            for key, values in (
+                ("vi", d[~same]),
+                ("bi", base_d[~same]),
+                ("vn", nearest),
+                ("bn", base_nearest),
+            ):
+                measured[key].append(values)
         if n_blocks:  # the fold models changed the network's tail: put the kept one back
             model.load_state_dict(best_state["backbone"], strict=False)
-        bi, vi, bn, vn = (np.concatenate(pooled[key]) for key in ("bi", "vi", "bn", "vn"))
-        threshold = min(fold_thresholds)
+    threshold, fold_thresholds = _threshold_of(measured, range(len(folds)), base_threshold)
+    held_out = _held_out_check(measured, base_threshold)
+    bi, vi, bn, vn = (np.concatenate(measured[key]) for key in ("bi", "vi", "bn", "vn"))
     calibrated = time.perf_counter()
 
     # ---- summaries and files
@@ -758,6 +831,12 @@ def train(
             "variant_stranger_rejection": float((vn > threshold).mean()),
             "base_impostor_rejection": float((bi > base_threshold).mean()),
             "variant_impostor_rejection": float((vi > threshold).mean()),
+            "confidence": THRESHOLD_CONFIDENCE,
+            "base_strangers_accepted": int((bn <= base_threshold).sum()),
+            "strangers_allowed": allowed_count(int((bn <= base_threshold).sum()), bn.size),
+            "variant_strangers_accepted": int((vn <= threshold).sum()),
+            "held_out": held_out,
+            "warning": held_out["warning"],
         },
         "threshold_rule": THRESHOLD_RULE,
     }
@@ -811,6 +890,8 @@ def train(
         "metrics": {"validation": validation, "history": history, "timings": timings},
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if held_out["warning"]:
+        logger.warning("%s", held_out["warning"])
     save_variant(record, target)
     variant = load_variant(target)
     stem = target.name[: -len(".pt")] if target.name.endswith(".pt") else target.name
