@@ -187,15 +187,7 @@ def trunk_forward(model: DlibResNet, x: torch.Tensor, unfrozen: int) -> torch.Te
     ``tail_forward(model, trunk_forward(model, x, n), n) == model(x)`` for every ``n``."""
     if unfrozen == 0:
         return model(x)
-    weight = model.stem_conv.weight
-    x = x.to(device=weight.device, dtype=torch.float32)
-    x = (x - model.input_mean) * (1.0 / 256.0)
-    if weight.dtype != torch.float32:
-        x = x.to(weight.dtype)
-    if model.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    x = F.relu(model.stem_affine(model.stem_conv(x)), inplace=True)
-    x = F.max_pool2d(x, 3, 2)
+    x = model.stem(x)
     for block in model.blocks[: NUM_BLOCKS - unfrozen]:
         x = block(x)
     return x
@@ -207,7 +199,7 @@ def tail_forward(model: DlibResNet, h: torch.Tensor, unfrozen: int) -> torch.Ten
         return h
     for block in model.blocks[NUM_BLOCKS - unfrozen :]:
         h = block(h)
-    return model.fc(h.mean(dim=(2, 3)))
+    return model.embed(h)
 
 
 def backbone_state(model: DlibResNet, unfrozen: int) -> dict[str, torch.Tensor]:

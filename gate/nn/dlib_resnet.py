@@ -148,6 +148,10 @@ class DlibResNet(nn.Module):
         self.fused = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(self.blocks(self.stem(x)))
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """Input normalisation, the 7x7 convolution and the max pooling: what the blocks get."""
         weight = self.stem_conv.weight
         # (pixel - mean) / 256 in float32, as dlib's input_rgb_image_sized::to_tensor does.
         x = x.to(device=weight.device, dtype=torch.float32)
@@ -157,9 +161,11 @@ class DlibResNet(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x = F.relu(self.stem_affine(self.stem_conv(x)), inplace=True)
-        x = F.max_pool2d(x, 3, 2)
-        x = self.blocks(x)
-        return self.fc(x.mean(dim=(2, 3)))
+        return F.max_pool2d(x, 3, 2)
+
+    def embed(self, h: torch.Tensor) -> torch.Tensor:
+        """The last blocks' output to the 128-d descriptor (average pooling, linear layer)."""
+        return self.fc(h.mean(dim=(2, 3)))
 
     def _apply(
         self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True
