@@ -137,11 +137,12 @@ def _door_command(app: App, name: str, action: str, reason: str | None) -> None:
 
     if app.db.door(name) is None:
         raise click.ClickException(f"no door called {name!r}")
-    context, _ = _link(app)
+    from gate.context import Context
+
+    context = Context(app.config, embedded_broker=False)  # the running gate's broker, if any
     try:
-        actuator = app.pipeline.build("actuator", "mqtt")
-        actuator.context = context
-        actuator.start()
+        actuator = app.pm.registry.get("actuator", "mqtt").cls(context=context)
+        actuator.start()  # connects, waiting at most [mqtt] connect_wait_s
         event = door_command(
             app.db, [actuator], app.pm.hook, name, action,
             reason="manual" if action == "unlock" else "lock", actor=getpass.getuser(),
