@@ -136,7 +136,8 @@ def train_command(
     augmented faces, the best epoch on validation is kept, and the match
     threshold is chosen so that strangers are rejected at least as often as by
     the base encoder. Writes the variant and, beside it, .metrics.json and
-    .metrics.csv.
+    .metrics.csv. Says so when no epoch beat the untrained head (nothing
+    learnt) and when validation is too small to tell epochs apart.
     """
     from gate.metric.train import train
 
@@ -164,8 +165,10 @@ def train_command(
     if as_json:
         click.echo(json.dumps(result.summary(), indent=2))
         return
+    from gate.metric.folders import describe_skip
+
     for skip in result.skipped:
-        click.echo(f"skipped {skip['photo']}: {skip['reason']}", err=True)
+        click.echo(f"skipped {describe_skip(skip)}", err=True)
     data = result.data
     click.echo(
         f"{data['photos']} faces of {data['people']} people: trained on {data['train_people']}, "
@@ -176,8 +179,10 @@ def train_command(
         mark = "  <- kept" if row["epoch"] == result.best_epoch else ""
         click.echo(
             f"{row['epoch']:5d}  {row['train_loss']:10.4f}  {row['eer'] * 100:6.2f}%"
-            f"  {_pct(row['tar_at_far_1e-2']):>15}  {row['seconds']:7.1f}{mark}"
+            f"  {_pct(row['tar_at_far_1e-2']):>15}  {row['seconds']:7.3f}{mark}"
         )
+    for note in result.notes:
+        click.echo(note)
     val = result.validation
     base, variant, cal = val["base"], val["variant"], val["calibration"]
     click.echo(
@@ -305,13 +310,14 @@ def eval_command(
     import numpy as np
 
     from gate.evaluation import plot_roc
-    from gate.metric.folders import encode_folder
+    from gate.metric.folders import describe_skip, encode_folder
     from gate.metric.scoring import open_set, pair_distances, verification
 
     pipeline = app.pipeline
-    encoder, threshold = pipeline.encoder, pipeline.threshold
-    with _Bars() as bars:
+    encoder = pipeline.encoder
+    with _Bars() as bars:  # the folder first: its problems are the user's to fix
         folder = encode_folder(data_dir, pipeline.detector, encoder, bars)
+    threshold = pipeline.threshold
     if len(set(folder.people)) < 2:
         raise click.ClickException(f"{data_dir}: faces of at least 2 people are needed")
     ids = folder.ids()
@@ -359,11 +365,11 @@ def eval_command(
         click.echo(json.dumps(report, indent=2))
         return
     for skip in folder.skipped:
-        click.echo(f"skipped {skip['photo']}: {skip['reason']}", err=True)
+        click.echo(f"skipped {describe_skip(skip)}", err=True)
     click.echo(f"encoder     {label} (space {encoder.space}, threshold {threshold:.4f})")
     click.echo(
         f"faces       {len(folder.paths)} of {len(set(folder.people))} people "
-        f"({len(folder.skipped)} photos skipped, {folder.padded} found after padding)"
+        f"({len(folder.skipped)} files skipped, {folder.padded} found after padding)"
     )
     click.echo(
         f"pairs       {ver['pairs']} ({ver['genuine_pairs']} same person, "

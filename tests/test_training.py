@@ -26,6 +26,9 @@ from gate.metric.head import (
 )
 from gate.metric.train import (
     DEFAULT_LOSS_OPTIONS,
+    MIN_VAL_GENUINE_PAIRS,
+    MIN_VAL_PEOPLE,
+    NOTHING_LEARNT,
     THRESHOLD_CONFIDENCE,
     TRIPLET_MINING,
     _held_out_check,
@@ -35,7 +38,9 @@ from gate.metric.train import (
     cross_fitted_threshold,
     split_people,
     train,
+    validation_too_small,
 )
+from tests.conftest import data_path
 
 GLINT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "train" / "glint_subset"
 
@@ -535,3 +540,154 @@ def test_an_untrained_linear_head_keeps_the_base_geometry(site, base_encoder):
         lifted, normalised = spread(head(x)), spread(torch.nn.functional.normalize(x, dim=1))
     assert lifted < 0.01 and lifted < normalised / 4, (lifted, normalised)
     assert torch.allclose(head(x).norm(dim=1), torch.ones(len(x)))
+
+
+def test_epoch_seconds_are_the_wall_clock_time_of_each_epoch(trained):
+    """Epoch 0 too (its loss pass and validation): none is 0, and together they fit in the
+    training stage (which also holds torch's one-time set-up of the optimiser)."""
+    result, _ = trained
+    seconds = [row["seconds"] for row in result.history]
+    assert all(t > 0 for t in seconds), seconds
+    assert sum(seconds) <= result.timings["train_s"], (seconds, result.timings)
+    rows = result.metrics_csv.read_text().splitlines()[1:]
+    header = result.metrics_csv.read_text().splitlines()[0].split(",")
+    column = header.index("seconds")
+    assert [float(row.split(",")[column]) for row in rows] == seconds
+
+
+def test_a_small_validation_and_whether_anything_was_learnt_are_said(trained):
+    result, _ = trained
+    # 2 of the 6 people validate, 4 photos each: 2 x 6 same-person pairs
+    assert result.data["val_people"] == 2 and result.validation["genuine_pairs"] == 12
+    small = result.validation["too_small"]
+    assert small.startswith("validation too small to tell: 2 people, 12 same-person pairs")
+    assert result.notes[0] == small
+    assert result.learnt == (result.best_epoch > 0)
+    assert (NOTHING_LEARNT in result.notes) == (not result.learnt)
+    metrics = json.loads(result.metrics_json.read_text())
+    assert metrics["learnt"] == result.learnt and metrics["notes"] == result.notes
+    assert metrics["training"]["learnt"] == result.learnt
+    assert result.summary()["notes"] == result.notes
+
+
+def test_validation_too_small_to_tell():
+    assert validation_too_small(10, 100, {"eer": 0.03}) is None
+    assert validation_too_small(MIN_VAL_PEOPLE, MIN_VAL_GENUINE_PAIRS, {"eer": 0.1}) is None
+    few_people = validation_too_small(4, 100, {"eer": 0.03})
+    assert few_people.startswith("validation too small to tell: 4 people, 100 same-person pairs")
+    assert "at least 5 people and 50 pairs" in few_people and "--val-fraction" in few_people
+    few_pairs = validation_too_small(10, 40, {"eer": 0.03})
+    assert few_pairs.startswith("validation too small to tell: 10 people, 40 same-person pairs")
+    # already perfect at epoch 0, however many: no epoch can beat it
+    perfect = validation_too_small(10, 100, {"eer": 0.0})
+    assert perfect.startswith("validation too small to tell: 10 people, 100 same-person pairs")
+    assert "perfectly" in perfect
+
+
+def test_gate_train_says_when_nothing_was_learnt(tmp_path):
+    """On the bbt crops the base encoder already separates the validation people perfectly,
+    as on the issue's small site sets: epoch 0 is kept, and gate train says both plainly."""
+    from click.testing import CliRunner
+
+    bbt = data_path("people", "bbt")
+    config = tmp_path / "gate.toml"
+    config.write_text('[pipeline]\nencoder = "dlib-torch"\n')
+    out = tmp_path / "bbt.pt"
+    args = ["--config", str(config), "train", "--data", str(bbt), "--epochs", "2"]
+    args += ["--patience", "1", "--augment-copies", "1", "--out", str(out)]
+    result = CliRunner().invoke(_cli_group(), args)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert NOTHING_LEARNT in lines
+    assert any(
+        line.startswith("validation too small to tell: 2 people, 20 same-person pairs")
+        and "perfectly" in line
+        for line in lines
+    ), result.output
+    kept = [line for line in lines if line.endswith("<- kept")]
+    assert len(kept) == 1 and kept[0].split()[0] == "0"
+    # the seconds column: real times, epoch 0 included
+    table = lines[lines.index("epoch  train loss  val EER  val TAR@FAR1e-2  seconds") + 1 :][:2]
+    assert [float(row.replace("<- kept", "").split()[-1]) > 0 for row in table] == [True, True]
+    metrics = json.loads(out.with_name("bbt.metrics.json").read_text())
+    assert metrics["learnt"] is False and metrics["training"]["best_epoch"] == 0
+    assert NOTHING_LEARNT in metrics["notes"] and metrics["validation"]["too_small"]
+    assert torch.load(out, weights_only=True)["training"]["learnt"] is False
+
+
+def test_photo_folders_take_gif_and_pillow_formats_and_list_what_they_skip(
+    site, tmp_path, base_encoder
+):
+    from PIL import Image
+
+    from gate.metric.folders import NOT_A_PHOTO, encode_folder, photo_suffixes
+    from gate_plugins.yunet import YuNetDetector
+
+    assert {".gif", ".tga", ".jpg", ".png"} <= photo_suffixes()
+    original = sorted((site / "Barack_Obama").iterdir())[0]
+    folder = tmp_path / "photos"
+    person = folder / "Barack_Obama"
+    person.mkdir(parents=True)
+    shutil.copy(original, person / "a.png")
+    Image.open(original).save(person / "a.gif")  # palette GIF
+    Image.open(original).convert("L").save(person / "a_grey.gif")
+    Image.open(original).save(person / "a.tga")  # OpenCV cannot read TGA: Pillow does
+    (person / "broken.gif").write_bytes(b"GIF89a and nothing more")
+    (person / "notes.txt").write_text("not a photo")
+    (person / ".DS_Store").write_bytes(b"hidden: ignored")
+    shutil.copy(original, folder / "loose.png")
+
+    result = encode_folder(folder, YuNetDetector(), base_encoder)
+    assert [p.name for p in result.paths] == ["a.gif", "a.png", "a.tga", "a_grey.gif"]
+    vectors = dict(zip((p.name for p in result.paths), result.embeddings, strict=True))
+    assert np.allclose(vectors["a.tga"], vectors["a.png"], atol=1e-5)
+    assert np.linalg.norm(vectors["a.gif"] - vectors["a.png"]) < 0.15
+    assert np.linalg.norm(vectors["a_grey.gif"] - vectors["a.png"]) < 0.25
+    reasons = {Path(s["photo"]).name: s["reason"] for s in result.skipped}
+    assert reasons == {
+        "notes.txt": NOT_A_PHOTO,
+        "loose.png": "not in a person's subfolder",
+        "broken.gif": f"{person / 'broken.gif'}: not an image, or corrupt",
+    }
+
+
+def test_folders_without_a_readable_image_say_so(tmp_path, base_encoder):
+    from click.testing import CliRunner
+
+    from gate.metric.folders import encode_folder, person_folders
+    from gate_plugins.yunet import YuNetDetector
+
+    with pytest.raises(TrainingError, match="no subfolders"):
+        person_folders(tmp_path)
+    # person folders with nothing in a photo format
+    for name in ("amy", "raj"):
+        (tmp_path / "notes" / name).mkdir(parents=True)
+        (tmp_path / "notes" / name / "notes.txt").write_text("not a photo")
+    skipped = []
+    with pytest.raises(TrainingError, match="no readable images in its 2 person folder") as info:
+        person_folders(tmp_path / "notes", skipped)
+    assert "no subfolders" not in str(info.value) and len(skipped) == 2
+    # photo files none of which decodes
+    (tmp_path / "broken" / "amy").mkdir(parents=True)
+    (tmp_path / "broken" / "amy" / "amy.gif").write_bytes(b"GIF89a and nothing more")
+    (tmp_path / "broken" / "amy" / "amy.jpg").write_bytes(b"")
+    with pytest.raises(TrainingError, match="no readable images among its 2 photo file"):
+        encode_folder(tmp_path / "broken", YuNetDetector(), base_encoder)
+    # readable photos without a face
+    no_face = data_path("negatives", "no_face")
+    (tmp_path / "things" / "coffee").mkdir(parents=True)
+    for name in ("coffee.png", "white.png"):
+        shutil.copy(no_face / name, tmp_path / "things" / "coffee" / name)
+    with pytest.raises(TrainingError, match="no face found in any of its 2 readable photo"):
+        encode_folder(tmp_path / "things", YuNetDetector(), base_encoder)
+    # the commands: one clear line, no traceback
+    config = tmp_path / "gate.toml"
+    config.write_text('[pipeline]\nencoder = "dlib-torch"\n')
+    runner = CliRunner()
+    for command in (["eval"], ["train", "--out", str(tmp_path / "x.pt")]):
+        for data in ("notes", "broken"):
+            args = ["--config", str(config), *command, "--data", str(tmp_path / data)]
+            result = runner.invoke(_cli_group(), args)
+            assert result.exit_code == 1, result.output
+            assert "no readable images" in result.output and "Traceback" not in result.output
+            assert result.output.count("Error:") == 1, result.output

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_LOSS_OPTIONS",
+    "NOTHING_LEARNT",
     "THRESHOLD_CONFIDENCE",
     "TRAIN_LOSSES",
     "TRIPLET_MINING",
@@ -54,6 +55,7 @@ __all__ = [
     "cross_fitted_threshold",
     "split_people",
     "train",
+    "validation_too_small",
 ]
 
 logger = logging.getLogger("gate.train")
@@ -81,6 +83,15 @@ THRESHOLD_RULE = (
     "taken as strangers and of its impostor pairs, no more than the base encoder at its own "
     "threshold in every fold, and, over all folds together, no more than the one-sided 95% "
     "lower confidence bound (Clopper-Pearson) of the base encoder's count"
+)
+#: Below these, validation cannot tell epochs apart: the EER moves in steps of about one
+#: over the same-person pairs, and which faces are hard depends mostly on who they are.
+MIN_VAL_PEOPLE = 5
+MIN_VAL_GENUINE_PAIRS = 50
+NOTHING_LEARNT = "nothing learnt: the variant is the base encoder with its own threshold"
+NOTHING_LEARNT_MLP = (
+    "nothing learnt: the variant is the untrained MLP head on the base encoder, with its own "
+    "threshold"
 )
 CSV_COLUMNS = [
     "epoch",
@@ -235,6 +246,10 @@ class TrainResult:
     data: dict[str, Any]
     timings: dict[str, float]
     skipped: list[dict[str, str]] = field(default_factory=list)
+    #: False when no epoch beat the untrained head (epoch 0), which was kept.
+    learnt: bool = True
+    #: Plain sentences for the user: nothing learnt, validation too small to tell.
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready summary (``gate train --json``)."""
@@ -245,6 +260,8 @@ class TrainResult:
             "dim": self.variant.dim,
             "threshold": self.threshold,
             "best_epoch": self.best_epoch,
+            "learnt": self.learnt,
+            "notes": self.notes,
             "epochs": self.history,
             "validation": self.validation,
             "data": self.data,
@@ -352,6 +369,26 @@ def _better(row: dict[str, Any], best: dict[str, Any]) -> bool:
     return row["auc"] > best["auc"]
 
 
+def validation_too_small(people: int, genuine_pairs: int, epoch0: Mapping[str, Any]) -> str | None:
+    """Why validation on ``people`` people with ``genuine_pairs`` same-person pairs cannot
+    tell epochs apart (``epoch0``: the untrained head's row), or None when it can.
+
+    Too few people (:data:`MIN_VAL_PEOPLE`) or same-person pairs
+    (:data:`MIN_VAL_GENUINE_PAIRS`), or an EER already 0 at epoch 0: the untrained head
+    separates them perfectly and no epoch can beat it.
+    """
+    if epoch0["eer"] <= 0.0:
+        why = "the untrained head already tells them apart perfectly, so no epoch can beat it"
+    elif people < MIN_VAL_PEOPLE or genuine_pairs < MIN_VAL_GENUINE_PAIRS:
+        why = f"at least {MIN_VAL_PEOPLE} people and {MIN_VAL_GENUINE_PAIRS} pairs are needed"
+    else:
+        return None
+    return (
+        f"validation too small to tell: {people} people, {genuine_pairs} same-person pairs "
+        f"({why}); add people, or hold out more of them (--val-fraction)"
+    )
+
+
 def calibration_folds(
     people: Sequence[str], val_people: Sequence[str], seed: int
 ) -> list[list[str]]:
@@ -455,15 +492,17 @@ class _Fitter:
         epochs: int,
         seed: int,
         patience: int | None = None,
-        score: Callable[[Any, int, float, float], dict[str, Any]] | None = None,
+        score: Callable[[Any, int, float], dict[str, Any]] | None = None,
         progress: Progress | None = None,
     ) -> tuple[Any, dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
         """Train on the photos where ``train`` is True for ``epochs`` epochs.
 
-        With ``score`` (``score(head, epoch, train_loss, seconds) -> row``) every epoch is
-        scored, epoch 0 being the untrained head, the best kept and training stopped after
-        ``patience`` epochs without improvement. Returns the head (best weights loaded, the
-        network's tail too), those weights, the history and the batch settings.
+        With ``score`` (``score(head, epoch, train_loss) -> row``) every epoch is scored,
+        epoch 0 being the untrained head (its loss measured, nothing learnt), the best kept and
+        training stopped after ``patience`` epochs without improvement. Each row's ``seconds``
+        is the epoch's wall-clock time, its validation included. Returns the head (best
+        weights loaded, the network's tail too), those weights, the history and the batch
+        settings.
         """
         import torch
 
@@ -536,9 +575,14 @@ class _Fitter:
                 "backbone": backbone_state(model, n_blocks),
             }
 
+        def timed(epoch: int, train_loss: float, tick: float) -> dict[str, Any]:
+            row = score(head, epoch, train_loss)
+            return {**row, "seconds": round(time.perf_counter() - tick, 3)}
+
         history: list[dict[str, Any]] = []
         if score is not None:
-            history.append(score(head, 0, run_epoch(0, learn=False), 0.0))
+            tick = time.perf_counter()
+            history.append(timed(0, run_epoch(0, learn=False), tick))
         best, best_state, stale = (history[0] if history else None), snapshot(), 0
         for epoch in range(1, epochs + 1):
             tick = time.perf_counter()
@@ -547,7 +591,7 @@ class _Fitter:
                 progress("training", epoch, epochs)
             if score is None:
                 continue
-            row = score(head, epoch, train_loss, time.perf_counter() - tick)
+            row = timed(epoch, train_loss, tick)
             row["best"] = _better(row, best)
             history.append(row)
             if row["best"]:
@@ -627,7 +671,10 @@ def train(
       one side is scored (the validation people against each other and against the training
       people's photos). Epoch 0 is the untrained head. The epoch with the lowest EER (ties:
       TAR at FAR 1e-2, then ROC area) is kept, epoch 0 included; training stops after
-      ``patience`` epochs without improvement.
+      ``patience`` epochs without improvement. Each epoch's ``seconds`` is its wall-clock
+      time, validation included. When epoch 0 is kept the result says so
+      (``learnt`` False, :data:`NOTHING_LEARNT` in ``notes``), and when validation is too
+      small to tell epochs apart (:func:`validation_too_small`) ``notes`` says that too.
     * Threshold, cross-fitted over people, with a margin: the validation people are fold 0
       and the other people are dealt into folds of the same size (:func:`calibration_folds`).
       For every other fold a head is trained the same way on everybody outside it, for as
@@ -706,7 +753,7 @@ def train(
     photos: list[_Photo] = []
     padded = 0
     for person, _path, image, face, was_padded in faces_of(
-        person_folders(data_dir), detector, progress, skipped
+        person_folders(data_dir, skipped), detector, progress, skipped
     ):
         photos.append(_Photo(person, encoder.face_chips(image, face)))
         padded += was_padded
@@ -776,14 +823,9 @@ def train(
         start_tail=backbone_state(model, n_blocks),
     )
 
-    def score(head: Any, epoch: int, train_loss: float, seconds: float) -> dict[str, Any]:
+    def score(head: Any, epoch: int, train_loss: float) -> dict[str, Any]:
         distances = _validation_distances(embed(head), ids, is_val)
-        return {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            **_validation_metrics(*distances),
-            "seconds": round(seconds, 3),
-        }
+        return {"epoch": epoch, "train_loss": train_loss, **_validation_metrics(*distances)}
 
     # ---- the model, then one model per other fold for the threshold
     # tiny batches of 128-d vectors: more threads only add synchronisation
@@ -815,7 +857,13 @@ def train(
     # ---- summaries and files
     val_d, val_same, val_nearest = _validation_distances(embed(head), ids, is_val)
     base_d, _, base_nearest = _validation_distances(base_vectors, ids, is_val)
+    learnt = best_epoch > 0
+    notes = [] if learnt else [NOTHING_LEARNT if hidden is None else NOTHING_LEARNT_MLP]
+    too_small = validation_too_small(len(val_people), int(val_same.sum()), history[0])
+    if too_small:
+        notes.insert(0, too_small)
     validation = {
+        "too_small": too_small,
         "people": len(val_people),
         "photos": int(is_val.sum()),
         "genuine_pairs": int(val_same.sum()),
@@ -854,6 +902,7 @@ def train(
         "epochs": epochs,
         "epochs_run": len(history) - 1,
         "best_epoch": best_epoch,
+        "learnt": learnt,
         "patience": patience,
         "monitor": MONITOR,
         "seed": seed,
@@ -902,6 +951,8 @@ def train(
         "space": variant.space,
         "sha256": variant.sha256,
         "threshold": threshold,
+        "learnt": learnt,
+        "notes": notes,
         "loss": record["loss"],
         "head": head_spec,
         "training": training,
@@ -928,6 +979,8 @@ def train(
         data=data,
         timings=timings,
         skipped=skipped,
+        learnt=learnt,
+        notes=notes,
     )
 
 
