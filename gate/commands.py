@@ -52,3 +52,27 @@ def door_command(
         db.set_delivered(event.id, event.delivered)
     publish(actuators, hook, event)
     return event
+
+
+def refuse_remote(
+    db: GateDB,
+    actuators: list[Actuator],
+    hook,
+    door: str,
+    action: str | None,
+    *,
+    actor: str,
+    why: str,
+) -> AccessEvent:
+    """Log a remote command that was refused (who it says asked, and why) and announce it."""
+    event = AccessEvent(
+        time=utc_iso(time.time()),
+        door=door,
+        decision="denied",
+        reason="remote_refused",
+        actor=actor,
+        note=f"{action or 'command'} refused: {why}",
+    )
+    db.add_event(event)
+    publish(actuators, hook, event)
+    return event

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from gate.config import GateConfig
 from gate.errors import ComponentError
@@ -17,7 +18,9 @@ class Context:
 
     ``doors`` are the doors of the current run; ``remote_command(door, action,
     actor=..., reason=...)`` carries a command that came from outside (Home
-    Assistant) through the run. ``embedded_broker`` False connects to
+    Assistant) through the run, ``remote_refused(door, action, actor=...,
+    why=...)`` logs one that was refused. ``db_path`` is the run's database
+    (the door keys live beside it). ``embedded_broker`` False connects to
     127.0.0.1 instead of starting a broker when none is configured (the CLI
     talking to a running gate).
     """
@@ -26,7 +29,9 @@ class Context:
         self.config = config
         self.embedded_broker = embedded_broker
         self.doors: list = []
+        self.db_path: Path | None = None
         self.remote_command: Callable[..., object] | None = None
+        self.remote_refused: Callable[..., object] | None = None
         self._link: MqttLink | None = None
         self._broker = None
 

@@ -2,7 +2,10 @@
 
 Each door is one Home Assistant device with four entities: a lock (LOCK /
 UNLOCK / OPEN), the last person recognised, the last decision with its reason,
-and "face in view". All share gate's availability topic.
+and "face in view". All share gate's availability topic. The lock sends its
+commands as JSON naming Home Assistant as the sender; when the site requires a
+secret, Home Assistant asks for it as the lock's code (it is never in the
+retained discovery messages).
 """
 
 from __future__ import annotations
@@ -14,6 +17,11 @@ from gate import __version__
 from gate.config import GateConfig
 
 LOCK_COMMANDS = {"LOCK": "lock", "UNLOCK": "unlock", "OPEN": "unlock"}
+#: what Home Assistant's lock publishes: the button, gate's name for it, the code if one is asked
+COMMAND_TEMPLATE = (
+    '{"action":"{{ value }}","actor":"home-assistant"'
+    '{% if code %},"secret":{{ code | to_json }}{% endif %}}'
+)
 LOCK_STATES = ("LOCKED", "UNLOCKED", "JAMMED", "LOCKING", "UNLOCKING", "OPEN", "OPENING")
 
 
@@ -40,8 +48,12 @@ def availability_topic(config: GateConfig) -> str:
     return f"{config.mqtt.topic_prefix.rstrip('/')}/status"
 
 
-def discovery(config: GateConfig, door: str) -> dict[str, dict]:
-    """Discovery topic -> config payload for each entity of ``door``."""
+def discovery(config: GateConfig, door: str, *, ask_code: bool = False) -> dict[str, dict]:
+    """Discovery topic -> config payload for each entity of ``door``.
+
+    ``ask_code``: Home Assistant asks for a code (the remote secret) on each
+    lock command.
+    """
     node = _slug(config.mqtt.topic_prefix)
     object_id = _slug(door)
     topics = door_topics(config, door)
@@ -75,6 +87,8 @@ def discovery(config: GateConfig, door: str) -> dict[str, dict]:
                 "lock",
                 name="Lock",
                 command_topic=topics["lock_set"],
+                command_template=COMMAND_TEMPLATE,
+                **({"code_format": ".+"} if ask_code else {}),
                 state_topic=topics["lock_state"],
                 payload_lock="LOCK",
                 payload_unlock="UNLOCK",
@@ -116,10 +130,11 @@ def discovery(config: GateConfig, door: str) -> dict[str, dict]:
     )
 
 
-def discovery_payloads(config: GateConfig, door: str) -> dict[str, str]:
+def discovery_payloads(config: GateConfig, door: str, *, ask_code: bool = False) -> dict[str, str]:
     """The retained messages that announce a door (JSON strings)."""
     return {
-        topic: json.dumps(body, sort_keys=True) for topic, body in discovery(config, door).items()
+        topic: json.dumps(body, sort_keys=True)
+        for topic, body in discovery(config, door, ask_code=ask_code).items()
     }
 
 

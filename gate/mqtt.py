@@ -3,7 +3,8 @@
 Commands are published with QoS 1 and never retained, only while connected
 and before they expire. A command not acknowledged in time is withdrawn from
 the client's outgoing queue so that a reconnect cannot send it late; the
-payload also carries ``expires_at`` for the controller to check.
+payload also carries ``expires_at`` for the controller to check. Retained
+messages reach a handler only if it asks for them.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class MqttLink:
         self.availability_topic = f"{self.prefix}/status"
         self._connected = threading.Event()
         self._stopping = False
-        self._handlers: dict[str, MessageHandler] = {}
+        self._handlers: dict[str, tuple[Callable, bool]] = {}
         self._on_connected: list[Callable[[], None]] = []
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
@@ -151,18 +152,29 @@ class MqttLink:
         if self.connected:
             callback()
 
-    def subscribe(self, topic: str, handler: MessageHandler) -> None:
-        """Call ``handler(topic, payload)`` for messages on ``topic`` (kept across reconnects)."""
-        self._handlers[topic] = handler
+    def subscribe(self, topic: str, handler: Callable, *, raw: bool = False) -> None:
+        """Call ``handler(topic, payload)`` for messages on ``topic`` (kept across reconnects).
+
+        Retained messages are dropped, unless ``raw``: then ``handler(message)``
+        gets every paho message, ``retain`` flag included, and decides.
+        """
+        self._handlers[topic] = (handler, raw)
         if self.connected:
             self._client.subscribe(topic, qos=1)
 
     def _on_message(self, client, userdata, message) -> None:
         import paho.mqtt.client as mqtt
 
-        for pattern, handler in self._handlers.items():
-            if mqtt.topic_matches_sub(pattern, message.topic):
-                try:
+        for pattern, (handler, raw) in self._handlers.items():
+            if not mqtt.topic_matches_sub(pattern, message.topic):
+                continue
+            if message.retain and not raw:
+                logger.info("ignoring a retained message on %s", message.topic)
+                continue
+            try:
+                if raw:
+                    handler(message)
+                else:
                     handler(message.topic, message.payload)
-                except Exception:
-                    logger.exception("MQTT handler for %s failed", pattern)
+            except Exception:
+                logger.exception("MQTT handler for %s failed", pattern)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gate.batching import SharedEncoder
 from gate.capture import open_source
-from gate.commands import door_command
+from gate.commands import door_command, refuse_remote
 from gate.database import GateDB
 from gate.doors import DoorSpec
 from gate.errors import GateError
@@ -69,11 +69,29 @@ class Runner:
         self._echo(event)
         return event
 
-    def run(self) -> dict[str, RunStats]:
-        """Run until every door's source ends (or Ctrl-C); stats per door."""
+    def remote_refused(self, door: str, action: str | None, *, actor: str, why: str) -> AccessEvent:
+        """Log a command from outside that was refused, with who asked and why."""
+        db = GateDB(self.db_path)
+        try:
+            event = refuse_remote(
+                db, self.pipeline.actuators, self.hook, door, action, actor=actor, why=why
+            )
+        finally:
+            db.close()
+        self._echo(event)
+        return event
+
+    def attach(self) -> None:
+        """Give the actuators' shared context this run's doors, database and remote commands."""
         context = self.pipeline.context
         context.doors = self.doors
+        context.db_path = self.db_path
         context.remote_command = self.remote_command
+        context.remote_refused = self.remote_refused
+
+    def run(self) -> dict[str, RunStats]:
+        """Run until every door's source ends (or Ctrl-C); stats per door."""
+        self.attach()
         sources = []
         try:  # start-up in order: sources, templates, actuators; a failure changes nothing
             for door in self.doors:

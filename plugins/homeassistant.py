@@ -1,21 +1,30 @@
 """Actuator ``homeassistant``: doors as Home Assistant devices through MQTT discovery.
 
 Announces each door (retained discovery messages, sent again when Home
-Assistant says ``online``), turns LOCK / UNLOCK / OPEN from Home Assistant into
-door commands logged as remote, and keeps the lock's state: the controller's
-own (``<prefix>/<door>/state``) once it reports one, otherwise gate's relock
-timer. Also publishes the last person, the last decision and "face in view".
+Assistant says ``online``), turns LOCK / UNLOCK / OPEN from senders the site
+allows into door commands logged as remote (every refusal is logged too, with
+the sender the command names), and keeps the lock's state: the controller's
+own (``<prefix>/<door>/state``, signed with the door's key) once it reports
+one, otherwise gate's relock timer. Also publishes the last person, the last
+decision and "face in view".
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import queue
 import threading
 
+from pydantic import Field, SecretStr, model_validator
+
 from gate import hookimpl
-from gate.components import Actuator
-from gate.homeassistant import LOCK_COMMANDS, LOCK_STATES, discovery_payloads, door_topics
+from gate.components import Actuator, StrictOptions
+from gate.controller import Verifier
+from gate.homeassistant import discovery_payloads, door_topics
+from gate.remote import RemotePolicy, parse_request
+from gate.signing import KeyStore, KeyStoreError, keys_folder
 
 logger = logging.getLogger("gate.homeassistant")
 
@@ -27,6 +36,29 @@ class HomeAssistantActuator(Actuator):
     description = "Home Assistant MQTT discovery: lock, last person, last decision, face in view"
     delivers = False
 
+    class Options(StrictOptions):
+        remote_allow: list[str] = Field(
+            default_factory=list,
+            description="Senders (a command's 'actor') whose remote commands are obeyed.",
+        )
+        remote_secret: SecretStr | None = Field(
+            None, description="Remote commands must carry it as 'secret'; or GATE_REMOTE_SECRET."
+        )
+        remote_per_minute: int = Field(
+            6, ge=1, le=600, description="Remote commands a door obeys in any minute."
+        )
+        remote_refused_per_minute: int = Field(
+            10, ge=1, le=1000, description="After this many refused in a minute, refuse all."
+        )
+
+        @model_validator(mode="before")
+        @classmethod
+        def _secret_from_env(cls, data):
+            secret = os.environ.get("GATE_REMOTE_SECRET")
+            if isinstance(data, dict) and data.get("remote_secret") is None and secret:
+                data = {**data, "remote_secret": secret}
+            return data
+
     def start(self) -> None:
         context = self.context
         self.config = context.config
@@ -35,17 +67,36 @@ class HomeAssistantActuator(Actuator):
         self._controller_reports: set[str] = set()
         self._timers: dict[str, threading.Timer] = {}
         self._lock = threading.Lock()
+        secret = self.options.remote_secret
+        self.policy = RemotePolicy(
+            self.options.remote_allow,
+            secret.get_secret_value() if secret else None,
+            per_minute=self.options.remote_per_minute,
+            refused_per_minute=self.options.remote_refused_per_minute,
+        )
+        if not self.policy.enabled:
+            logger.warning(
+                "remote commands (Home Assistant's lock) are off: set remote_allow or "
+                "remote_secret in [actuators.homeassistant] to allow them"
+            )
+        self.keys = KeyStore(keys_folder(self.config, context.db_path))
+        self._verifiers: dict[str, Verifier] = {}
+        self._requests: queue.Queue = queue.Queue(maxsize=100)
+        self._dropped = 0
+        self._worker = threading.Thread(target=self._serve, name="gate-remote", daemon=True)
+        self._worker.start()
         for name in self.doors:
             topics = door_topics(self.config, name)
-            self.link.subscribe(topics["lock_set"], self._on_lock_set)
-            self.link.subscribe(topics["controller_state"], self._on_controller_state)
+            self.link.subscribe(topics["lock_set"], self._on_lock_set, raw=True)
+            self.link.subscribe(topics["controller_state"], self._on_controller_state, raw=True)
         self.link.subscribe(self.config.homeassistant.status_topic, self._on_ha_status)
         self.link.on_connected(self.announce_doors)
 
     def announce_doors(self) -> None:
         """Send every door's discovery messages and initial states (retained)."""
+        ask_code = self.policy.secret is not None
         for name in self.doors:
-            for topic, payload in discovery_payloads(self.config, name).items():
+            for topic, payload in discovery_payloads(self.config, name, ask_code=ask_code).items():
                 self.link.publish(topic, payload, qos=1, retain=True)
             topics = door_topics(self.config, name)
             if name not in self._controller_reports:
@@ -63,32 +114,72 @@ class HomeAssistantActuator(Actuator):
             logger.info("Home Assistant is online: announcing %d door(s)", len(self.doors))
             self.announce_doors()
 
-    def _on_lock_set(self, topic: str, payload: bytes) -> None:
-        door = self._door_of(topic, "lock_set")
-        action = LOCK_COMMANDS.get(payload.decode("utf-8", "replace").strip().upper())
-        if door is None or action is None:
-            logger.warning("ignoring %r on %s", payload[:40], topic)
+    def _on_lock_set(self, message) -> None:
+        """Queue a remote command for the worker (the MQTT thread must not wait on the broker)."""
+        door = self._door_of(message.topic, "lock_set")
+        if door is None:
             return
-        remote = getattr(self.context, "remote_command", None)
-        if remote is None:
-            logger.warning("no door loop to carry %s for %s", action, door)
-            return
-        # off the MQTT network thread: sending waits for the broker's acknowledgement
-        threading.Thread(
-            target=remote,
-            args=(door, action),
-            kwargs={
-                "actor": "home-assistant",
-                "reason": "remote" if action == "unlock" else "lock",
-            },
-            name=f"gate-remote-{door}",
-            daemon=True,
-        ).start()
+        try:
+            self._requests.put_nowait((door, bytes(message.payload), bool(message.retain)))
+        except queue.Full:
+            self._dropped += 1
+            if self._dropped & (self._dropped - 1) == 0:  # 1, 2, 4, 8 ...: a flood, not a log flood
+                logger.warning("remote commands arrive too fast: %d dropped", self._dropped)
 
-    def _on_controller_state(self, topic: str, payload: bytes) -> None:
-        door = self._door_of(topic, "controller_state")
-        state = payload.decode("utf-8", "replace").strip().upper()
-        if door is None or state not in LOCK_STATES:
+    def _serve(self) -> None:
+        """Decide on each remote command in arrival order; carry it out or log its refusal."""
+        while (item := self._requests.get()) is not None:
+            door, payload, retained = item
+            try:
+                self._remote(door, payload, retained)
+            except Exception:
+                logger.exception("remote command for %s failed", door)
+
+    def _remote(self, door: str, payload: bytes, retained: bool) -> None:
+        request = parse_request(door, payload, retained)
+        why = self.policy.decide(request)
+        context = self.context
+        if why is not None:
+            logger.warning(
+                "refused remote %s of %s from %r: %s",
+                request.action or "command", door, request.actor, why,
+            )  # fmt: skip
+            if context.remote_refused is not None:
+                context.remote_refused(door, request.action, actor=request.actor, why=why)
+            return
+        if context.remote_command is None:
+            logger.warning("no door loop to carry %s for %s", request.action, door)
+            return
+        reason = "remote" if request.action == "unlock" else "lock"
+        context.remote_command(door, request.action, actor=request.actor, reason=reason)
+
+    def _verified_state(self, door: str, message) -> str | None:
+        """The state a controller reports, if signed with the door's key; else None (logged)."""
+        try:
+            key = self.keys.key(door)
+        except KeyStoreError as exc:
+            logger.warning("cannot verify the state reported for %s: %s", door, exc)
+            return None
+        verifier = self._verifiers.get(door)
+        if verifier is None:
+            verifier = self._verifiers[door] = Verifier(door, key, kind="state")
+        verifier.key = key  # the key may have been rotated meanwhile
+        verdict = verifier.check(bytes(message.payload), retained=bool(message.retain))
+        if not verdict.accepted:
+            logger.warning(
+                "not showing the state reported for %s (%r): %s, %s",
+                door, verdict.fields.get("state") or bytes(message.payload)[:20],
+                verdict.reason, verdict.detail,
+            )  # fmt: skip
+            return None
+        return verdict.fields["state"]
+
+    def _on_controller_state(self, message) -> None:
+        door = self._door_of(message.topic, "controller_state")
+        if door is None:
+            return
+        state = self._verified_state(door, message)
+        if state is None:
             return
         with self._lock:
             self._controller_reports.add(door)
@@ -145,6 +236,13 @@ class HomeAssistantActuator(Actuator):
     def close(self) -> None:
         for timer in list(getattr(self, "_timers", {}).values()):
             timer.cancel()
+        worker = getattr(self, "_worker", None)
+        if worker is not None:
+            try:
+                self._requests.put(None, timeout=1.0)
+            except queue.Full:
+                return
+            worker.join(timeout=5.0)
 
 
 @hookimpl

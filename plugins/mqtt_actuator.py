@@ -1,12 +1,22 @@
-"""Actuator ``mqtt``: unlock commands on ``<prefix>/<door>/command``, decisions on ``.../event``."""
+"""Actuator ``mqtt``: signed commands on ``<prefix>/<door>/command``, decisions on ``.../event``.
+
+Every command carries ``type``, ``seq`` (rising per door, kept across restarts),
+a random ``nonce`` and ``sig``, the HMAC-SHA256 under the door's key (see
+``gate.signing`` and docs/security.md). A door without a key gets one on its
+first command; a command that cannot be signed is not sent.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from functools import cached_property
+
+from pydantic import Field
 
 from gate import hookimpl
-from gate.components import Actuator
+from gate.components import Actuator, StrictOptions
+from gate.signing import KeyStore, KeyStoreError, keys_folder
 
 logger = logging.getLogger("gate.mqtt")
 
@@ -15,7 +25,14 @@ class MqttActuator(Actuator):
     """Publishes through gate's shared MQTT link (see ``[mqtt]`` in the config)."""
 
     name = "mqtt"
-    description = "MQTT: QoS 1 commands with expiry, every decision as an event"
+    description = "MQTT: signed QoS 1 commands with expiry, every decision as an event"
+
+    class Options(StrictOptions):
+        keys_dir: str | None = Field(
+            None,
+            min_length=1,
+            description="Doors' signing keys; default: keys/ beside the database.",
+        )
 
     def start(self) -> None:
         self.link = self.context.mqtt_link()
@@ -23,9 +40,21 @@ class MqttActuator(Actuator):
         if not self.link.wait_connected(wait):
             logger.warning("MQTT broker not reachable after %.0f s; going on, retrying", wait)
 
+    @cached_property
+    def keys(self) -> KeyStore:
+        """The doors' keys: ``keys_dir``, else beside the run's database."""
+        return KeyStore(keys_folder(self.context.config, self.context.db_path))
+
     def send(self, command) -> bool:
         topic = self.link.topic(command.door, "command")
-        return self.link.publish_command(topic, command.to_json(), command.expires_at)
+        fields = {**json.loads(command.to_json()), "type": "command"}
+        try:
+            payload = self.keys.sign(command.door, fields).decode("ascii")
+        except KeyStoreError as exc:
+            logger.error("%s for door %s not sent: cannot sign it: %s", command.action,
+                         command.door, exc)  # fmt: skip
+            return False
+        return self.link.publish_command(topic, payload, command.expires_at)
 
     def announce(self, event) -> None:
         payload = json.dumps(event.public(), sort_keys=True)

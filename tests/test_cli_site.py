@@ -102,3 +102,23 @@ def test_log_filters_and_formats(gate):
     assert json.loads(gate("log", "--person", "ada", "--json"))[0]["decision"] == "granted"
     assert json.loads(gate("log", "--since", "1h", "--json")) == []
     assert "use 30m, 2h, 7d or an ISO" in gate("log", "--since", "yesterday", code=2)
+
+
+def test_doors_key_shows_rotates_and_keeps_it_private(gate, tmp_path):
+    import os
+    import stat
+
+    gate("doors", "add", "front")
+    key = gate("doors", "key", "front").splitlines()[0]
+    assert len(key) == 64 and int(key, 16) >= 0
+    assert gate("doors", "key", "front").splitlines()[0] == key  # the same until rotated
+    path = tmp_path / "keys" / "front.key"  # beside the database
+    assert path.read_text().strip() == key
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+    rotated = gate("doors", "key", "front", "--rotate").splitlines()[0]
+    assert rotated != key and path.read_text().strip() == rotated
+    assert "no door called 'back'" in gate("doors", "key", "back", code=1)
+    os.chmod(path, 0o640)
+    out = gate("doors", "key", "front", code=1)
+    assert "others may read this key" in out and "Traceback" not in out

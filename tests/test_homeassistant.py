@@ -13,6 +13,7 @@ import time
 import pytest
 
 from gate.config import parse_config
+from gate.controller import signed
 from gate.database import GateDB
 from gate.demo import sample_path
 from gate.doors import doors_for_run
@@ -21,6 +22,7 @@ from gate.homeassistant import discovery
 from gate.images import list_images
 from gate.pipeline import Pipeline
 from gate.runner import Runner
+from gate.signing import KeyStore
 
 REQUIRED = {  # what Home Assistant's MQTT platforms require, plus what gate promises
     "lock": {"command_topic", "state_topic", "payload_lock", "payload_unlock", "payload_open",
@@ -29,6 +31,7 @@ REQUIRED = {  # what Home Assistant's MQTT platforms require, plus what gate pro
     "binary_sensor": {"state_topic", "payload_on", "payload_off"},
 }  # fmt: skip
 COMMON = {"unique_id", "name", "availability_topic", "payload_available", "payload_not_available"}
+SECRET = "s3cret"
 
 
 def site_config(port: int, **homeassistant):
@@ -37,8 +40,10 @@ def site_config(port: int, **homeassistant):
             "mqtt": {"host": "127.0.0.1", "port": port, "client_id": f"gate-test-{port}"},
             "pipeline": {"actuators": ["mqtt", "homeassistant"]},
             "homeassistant": {"relock_s": 0.5, **homeassistant},
+            "actuators": {"homeassistant": {"remote_allow": ["home-assistant"],
+                                            "remote_secret": SECRET}},
         }
-    )
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -79,11 +84,12 @@ def test_discovery_is_retained_with_the_keys_home_assistant_requires(
     _runner, thread = start(pipeline, db, pm, realtime=False)
     thread.join(timeout=120)
     late = subscribe(mosquitto.port, "homeassistant/#")  # after gate: retained only
-    expected = discovery(config, "front")
+    expected = discovery(config, "front", ask_code=True)  # a secret is set: asked as a code
     for topic, body in expected.items():
         (message,) = late.wait_for(topic)
         payload, retained, _ = message
         assert retained
+        assert SECRET.encode() not in payload  # never in a retained message
         sent = json.loads(payload)
         assert sent == json.loads(json.dumps(body))
         component = topic.split("/")[1]
@@ -91,6 +97,8 @@ def test_discovery_is_retained_with_the_keys_home_assistant_requires(
         assert sent["availability_topic"] == "gate/status"
         assert sent["device"]["identifiers"] == ["gate_front"]
     assert {t.split("/")[1] for t in expected} == {"lock", "sensor", "binary_sensor"}
+    lock = next(body for topic, body in expected.items() if "/lock/" in topic)
+    assert lock["code_format"] == ".+" and '"actor":"home-assistant"' in lock["command_template"]
     states = subscribe(mosquitto.port, "gate/front/+")
     assert states.wait_for("gate/front/person")[0][0] == b"biden"  # the clip's last grant
     assert states.wait_for("gate/front/face")[0][0] == b"OFF"
@@ -109,7 +117,8 @@ def test_unlock_from_home_assistant_reaches_the_controller_and_the_log(
         assert watch.wait_for(lock_config, timeout=20), "gate announced the door"
         time.sleep(0.3)
         ha = subscribe(mosquitto.port, "gate/front/command")
-        ha.client.publish("gate/front/lock/set", "UNLOCK", qos=1).wait_for_publish(5)
+        pressed = json.dumps({"action": "UNLOCK", "actor": "home-assistant", "secret": SECRET})
+        ha.client.publish("gate/front/lock/set", pressed, qos=1).wait_for_publish(5)
         commands = [json.loads(m[0]) for m in ha.wait_for("gate/front/command", timeout=10)]
         remote = [c for c in commands if c["reason"] == "remote"]
         assert remote and remote[0]["action"] == "unlock"
@@ -117,7 +126,12 @@ def test_unlock_from_home_assistant_reaches_the_controller_and_the_log(
         states = [m[0] for m in watch.wait_for("gate/front/lock", count=3, timeout=5)]
         assert states[:3] == [b"LOCKED", b"UNLOCKED", b"LOCKED"]  # relocked by gate's timer
 
-        ha.client.publish("gate/front/state", "JAMMED", qos=1).wait_for_publish(5)
+        ha.client.publish("gate/front/state", "JAMMED", qos=1).wait_for_publish(5)  # forged
+        time.sleep(0.3)
+        assert len(watch.on("gate/front/lock")) == 3  # not shown
+        key = KeyStore(db.path.parent / "keys").key("front")  # made for the first command
+        jammed = signed("state", "front", key, int(time.time()), 10.0, state="JAMMED")
+        ha.client.publish("gate/front/state", jammed, qos=1).wait_for_publish(5)
         assert watch.wait_for("gate/front/lock", count=4)[-1][0] == b"JAMMED"
 
         before = len(watch.on(lock_config))
@@ -151,6 +165,7 @@ def test_manual_unlock_and_door_removal_from_the_command_line(tmp_path, mosquitt
     (command,) = [json.loads(m[0]) for m in watch.wait_for("gate/garage/command")]
     assert command["action"] == "unlock" and command["reason"] == "manual"
     assert command["actor"] == getpass.getuser()
+    assert {"seq", "nonce", "sig"} <= set(command)  # signed with the door's key
     db = GateDB(db_path)
     (event,) = db.events()
     assert (event.decision, event.reason, event.note, event.delivered) == (

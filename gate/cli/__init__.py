@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from gate.cli import people, plugins, recognition, running, site  # noqa: F401  (commands)
+from gate.cli import (  # noqa: F401  (commands)
+    controller,
+    people,
+    plugins,
+    recognition,
+    running,
+    site,
+)
 from gate.cli.base import cli
 
 __all__ = ["cli", "main"]

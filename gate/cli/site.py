@@ -140,6 +140,7 @@ def _door_command(app: App, name: str, action: str, reason: str | None) -> None:
     from gate.context import Context
 
     context = Context(app.config, embedded_broker=False)  # the running gate's broker, if any
+    context.db_path = app.db.path  # the door keys live beside it
     try:
         actuator = app.pm.registry.get("actuator", "mqtt").cls(context=context)
         actuator.start()  # connects, waiting at most [mqtt] connect_wait_s
@@ -172,6 +173,34 @@ def doors_unlock(app: App, name: str, reason: str | None) -> None:
 def doors_lock(app: App, name: str, reason: str | None) -> None:
     """Lock NAME now; logged with your user name and --reason."""
     _door_command(app, name, "lock", reason)
+
+
+def key_store(app: App):
+    """The doors' signing keys: ``[actuators.mqtt] keys_dir``, else beside the database."""
+    from gate.signing import KeyStore, keys_folder
+
+    return KeyStore(keys_folder(app.config, app.db.path))
+
+
+@doors.command("key")
+@click.argument("name")
+@click.option("--rotate", is_flag=True, help="Make a new key; the old one stops working.")
+@pass_app
+def doors_key(app: App, name: str, rotate: bool) -> None:
+    """Show door NAME's signing key (made on first use), or make a new one.
+
+    Put the key on the door's controller: it must refuse any command whose
+    signature does not match (see docs/security.md).
+    """
+    if app.db.door(name) is None:
+        raise click.ClickException(f"no door called {name!r}")
+    store = key_store(app)
+    key = store.rotate(name) if rotate else store.key(name, create=True)
+    click.echo(key)
+    state = "new key" if rotate else "key"
+    click.echo(f"{state} of door {name} in {store.path(name)} (owner-only)", err=True)
+    if rotate:
+        click.echo("put it on the door's controller: until then, it refuses gate", err=True)
 
 
 @cli.group()
