@@ -78,7 +78,7 @@ def main() -> None:
         wall = time.perf_counter() - started
         db.close()
     print(
-        f"encoder {args.encoder} (threshold {pipeline.threshold}, min face "
+        f"encoder {args.encoder} (strictest threshold {pipeline.threshold:.3f}, min face "
         f"{config.recognition.min_face_px} px): {stats.frames} frames in {wall:.1f} s"
     )
     print(
@@ -90,8 +90,11 @@ def main() -> None:
     print(f"match: {match.summary()}")
     for event in events:
         who = event.person or "-"
+        distance = "-" if event.distance is None else f"{event.distance:.3f}"
+        limit = "-" if event.threshold is None else f"{event.threshold:.3f}"
         print(
-            f"  {event.time} {event.decision:<7} {event.reason:<9} {who:<20} {event.distance:.3f}"
+            f"  {event.time} {event.decision:<7} {event.reason:<11} {who:<20} {distance} "
+            f"(threshold {limit}, track {event.track}, {event.frames} views)"
         )
     pipeline.close()
 

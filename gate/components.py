@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
+    from gate.calibration import ImpostorModel
     from gate.context import Context
     from gate.events import AccessEvent
 
@@ -50,7 +51,7 @@ class Face:
         return Face(box, self.score, marks, self.scheme)
 
 
-MatchStatus = Literal["match", "unknown", "ambiguous", "too_small"]
+MatchStatus = Literal["match", "unknown", "ambiguous", "too_small", "low_quality"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,9 @@ class Match:
     """What a matcher says of one embedding.
 
     ``too_small`` faces are below ``[recognition] min_face_px``: not encoded,
-    not matched, never decided on.
+    not matched, never decided on. ``low_quality`` faces are encoded (so that a
+    face track can follow them) but below the quality floor: they never count
+    towards a grant, and are not counted as strangers either.
 
     ``person_id`` is set only for ``status == "match"``. ``candidate_id`` is the
     nearest enrolled person whatever the status, ``distance`` the distance to
@@ -153,18 +156,38 @@ class Encoder(Component):
         """Embeddings ``(len(faces), dim)`` float32 for the faces of one image."""
         raise NotImplementedError
 
+    def impostor_model(self, rule: str = "nearest") -> ImpostorModel | None:
+        """How close strangers come in this encoder's space, per image condition.
+
+        ``rule`` is how the matcher scores a person (:attr:`Matcher.rule`).
+
+        gate needs it to turn ``[recognition] stranger_acceptance`` into a
+        distance (:mod:`gate.calibration`); without one the encoder's fixed
+        ``threshold`` is used and gate says that no risk can be stated.
+        """
+        return None
+
 
 class Matcher(Component):
     """Says which enrolled person, if any, an embedding belongs to."""
 
     kind = "matcher"
+    #: how a person is scored (``nearest`` template or ``mean`` of templates): the impostor
+    #: model for this rule calibrates the threshold (:mod:`gate.calibration`)
+    rule: str = "nearest"
 
     def fit(self, embeddings: np.ndarray, person_ids: np.ndarray) -> None:
         """Load every template: ``embeddings`` ``(T, dim)``, ``person_ids`` ``(T,)``."""
         raise NotImplementedError
 
-    def match(self, embeddings: np.ndarray, *, threshold: float, min_margin: float) -> list[Match]:
-        """One :class:`Match` per row of ``embeddings``; unknown when in doubt."""
+    def match(
+        self, embeddings: np.ndarray, *, threshold: float | np.ndarray, min_margin: float
+    ) -> list[Match]:
+        """One :class:`Match` per row of ``embeddings``; unknown when in doubt.
+
+        ``threshold`` is one distance for every row or one per row (gate
+        calibrates it per image condition: see :mod:`gate.calibration`).
+        """
         raise NotImplementedError
 
 

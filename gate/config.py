@@ -48,14 +48,38 @@ class PipelineConfig(Section):
 class RecognitionConfig(Section):
     """When an embedding counts as an enrolled person."""
 
+    stranger_acceptance: float = Field(
+        0.01,
+        gt=0,
+        le=0.2,
+        description="Share of strangers (per face track; per photo for identify) that may be "
+        "named as someone. gate turns it into a distance for the people enrolled now.",
+    )
     threshold: float | None = Field(
-        None, gt=0, le=4, description="Largest match distance; empty for the encoder's default."
+        None,
+        gt=0,
+        le=4,
+        description="Fixed largest match distance: overrides stranger_acceptance (gate says "
+        "what stranger acceptance it estimates for it).",
     )
     min_margin: float = Field(
         0.04, ge=0, le=4, description="Nearest other person must be this much farther."
     )
     min_face_px: int = Field(
         48, ge=0, le=4096, description="Smaller faces are too blurry to decide on: ignored."
+    )
+    min_sharpness: float = Field(
+        8.0, ge=0, description="Faces less sharp never count for a grant (low_quality)."
+    )
+    max_yaw: float = Field(
+        1.25,
+        gt=0,
+        le=4,
+        description="Faces turned further away (nose tip off the eyes' middle, in eye "
+        "spans: 0.5 three-quarter, beyond 1 near profile) never count for a grant.",
+    )
+    min_detector_score: float = Field(
+        0.6, ge=0, le=1, description="Less certain detections never count for a grant."
     )
 
 
@@ -92,6 +116,10 @@ class EnrollmentConfig(Section):
     min_sharpness: float = Field(
         25.0, ge=0, description="Least variance of the Laplacian on the face at 112 px."
     )
+    max_yaw: float = Field(
+        0.3, gt=0, le=2, description="Most the face may be turned (nose off the eyes' middle)."
+    )
+    min_detector_score: float = Field(0.8, ge=0, le=1, description="Least detector confidence.")
 
 
 class MqttConfig(Section):

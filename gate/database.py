@@ -45,9 +45,12 @@ class Template:
     source_sha256: str
     source_name: str
     face_size: float
-    quality: float
+    quality: float  # sharpness (variance of the Laplacian at 112 px)
     face_crop: bytes | None = None
     crop_face: str | None = None
+    yaw: float | None = None
+    grey: bool | None = None
+    detector_score: float | None = None
 
 
 def _moment(text: str | None) -> datetime | None:
@@ -163,6 +166,9 @@ class GateDB:
                         "quality": float(template.quality),
                         "face_crop": template.face_crop,
                         "crop_face": template.crop_face,
+                        "yaw": template.yaw,
+                        "grey": None if template.grey is None else int(template.grey),
+                        "detector_score": template.detector_score,
                         "created_at": now,
                     }
                 )

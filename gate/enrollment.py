@@ -8,8 +8,9 @@ from pathlib import Path
 
 from gate.database import GateDB, Template
 from gate.errors import ImageError
-from gate.images import encode_jpeg, face_region, face_to_json, read_image, sharpness
+from gate.images import encode_jpeg, face_region, face_to_json, read_image
 from gate.pipeline import Pipeline
+from gate.quality import measure
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,22 @@ def examine(pipeline: Pipeline, path: str | Path) -> Template | Refusal:
         return Refusal(
             str(path), f"face too small ({face.size:.0f} px, need {rules.min_face_px} px)"
         )
-    sharp = sharpness(image.pixels, face)
-    if sharp < rules.min_sharpness:
+    quality = measure(image.pixels, face)
+    if quality.sharpness < rules.min_sharpness:
         return Refusal(
-            str(path), f"face too blurred (sharpness {sharp:.0f}, need {rules.min_sharpness:g})"
+            str(path),
+            f"face too blurred (sharpness {quality.sharpness:.2f}, need {rules.min_sharpness:g})",
+        )
+    if abs(quality.yaw) > rules.max_yaw:
+        return Refusal(
+            str(path),
+            f"face turned away (yaw {quality.yaw:+.2f}, at most {rules.max_yaw:g}): "
+            "enroll a photo facing the camera",
+        )
+    if face.score < rules.min_detector_score:
+        return Refusal(
+            str(path),
+            f"unclear face (detector score {face.score:.2f}, need {rules.min_detector_score:g})",
         )
     encoder = pipeline.encoder
     vector = encoder.encode(image.pixels, [face])[0]
@@ -54,9 +67,12 @@ def examine(pipeline: Pipeline, path: str | Path) -> Template | Refusal:
         source_sha256=image.sha256,
         source_name=image.name,
         face_size=face.size,
-        quality=sharp,
+        quality=quality.sharpness,
         face_crop=encode_jpeg(crop, quality=95),
         crop_face=face_to_json(crop_face),
+        yaw=quality.yaw,
+        grey=quality.grey,
+        detector_score=face.score,
     )
 
 

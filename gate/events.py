@@ -13,6 +13,7 @@ REASONS = {
     "granted": "an enrolled person was confirmed and may pass",
     "unknown": "the face matches nobody enrolled",
     "ambiguous": "the face is too close to two enrolled people",
+    "low_quality": "the face was never seen well enough to decide (small, blurred, turned away)",
     "not_allowed": "no rule lets this person through this door",
     "outside_hours": "a rule covers this door, but not at this time",
     "expired": "the person's access has ended (valid until)",
@@ -48,13 +49,17 @@ class AccessEvent:
     snapshot: bytes | None = None
     actor: str | None = None
     note: str | None = None
+    track: int | None = None
+    frames: int | None = None
+    threshold: float | None = None
+    quality: float | None = None
     id: int | None = None
 
     def public(self) -> dict[str, Any]:
         """The event without its snapshot, for JSON output and MQTT."""
         data = asdict(self)
         data.pop("snapshot")
-        for key in ("distance", "margin"):
+        for key in ("distance", "margin", "threshold", "quality"):
             value = data[key]
             data[key] = None if value is None or value == float("inf") else round(value, 4)
         return data

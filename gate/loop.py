@@ -106,7 +106,8 @@ class DoorLoop:
         self.config = pipeline.config
         self.encoder = encoder or pipeline.encoder
         self.detector = detector or pipeline.detector
-        self.decider = DoorDecider(door.decision)
+        self.decider = DoorDecider(door.decision, self._judge, snapshot=self._snapshot)
+        self._last_frame: Frame | None = None
         self.stop = threading.Event()
         self.stats = RunStats()
         self.names: dict[int, str] = {}
@@ -141,6 +142,9 @@ class DoorLoop:
                 if frame is END:
                     break
                 self.process(frame)
+            if self._last_frame is not None:  # the source ended: decide on the open tracks
+                for outcome in self.decider.finish(float("inf")):
+                    self._act(outcome, self._last_frame)
         finally:
             capture.stop()
             self.stats.dropped = capture.dropped
@@ -157,10 +161,26 @@ class DoorLoop:
             min_margin=self.door.min_margin,
         )
         self._track_presence(bool(recognitions), frame.clock)
-        outcomes = self.decider.observe(recognitions, frame.clock)
+        self._last_frame = frame
+        outcomes = self.decider.observe(recognitions, frame.clock, frame.image)
         self.stats.frames += 1
         self.stats.latencies_ms.append((time.monotonic() - frame.captured_mono) * 1000.0)
         return [self._act(outcome, frame) for outcome in outcomes]
+
+    def _judge(self, fused: np.ndarray, spread: float, views: list) -> tuple:
+        return self.pipeline.judge(
+            fused,
+            views,
+            spread=spread,
+            threshold=self.door.threshold,
+            min_margin=self.door.min_margin,
+        )
+
+    def _snapshot(self, image: np.ndarray, recognition) -> np.ndarray | None:
+        if not self.config.decision.snapshots:
+            return None
+        crop, _ = face_region(image, recognition.face, pad=0.3, face_px=96)
+        return crop
 
     def _track_presence(self, faces: bool, clock: float) -> None:
         if faces:
@@ -205,7 +225,7 @@ class DoorLoop:
         return verdict if verdict is not None else Verdict(False, "policy_error")
 
     def _act(self, outcome: Outcome, frame: Frame) -> AccessEvent:
-        match = outcome.recognition.match
+        match = outcome.match or outcome.recognition.match
         decision, reason = outcome.decision, outcome.reason
         person_id = match.person_id if decision == "granted" else None
         if person_id is not None:
@@ -213,9 +233,8 @@ class DoorLoop:
             if not verdict.allowed:
                 decision, reason = "denied", verdict.reason
         snapshot = None
-        if self.config.decision.snapshots:
-            crop, _ = face_region(frame.image, outcome.recognition.face, pad=0.3, face_px=96)
-            snapshot = encode_jpeg(crop)
+        if outcome.snapshot is not None:
+            snapshot = encode_jpeg(outcome.snapshot)
         event = AccessEvent(
             time=utc_iso(frame.captured_at),
             door=self.door.name,
@@ -227,6 +246,10 @@ class DoorLoop:
             margin=match.margin if match else None,
             latency_ms=round((time.monotonic() - frame.captured_mono) * 1000.0, 2),
             snapshot=snapshot,
+            track=outcome.track,
+            frames=outcome.frames,
+            threshold=outcome.threshold,
+            quality=outcome.quality,
         )
         self.db.add_event(event)
         if decision == "granted":

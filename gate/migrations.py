@@ -104,3 +104,12 @@ def m002_sites(db: Database) -> None:
     db["events"].add_column("note", str)
     db["templates"].create_index(["person_id", "source_sha256", "space"], unique=True)
     db.execute("drop index if exists idx_templates_person_id_source_sha256_encoder")
+
+
+@migrations()
+def m003_open_set(db: Database) -> None:
+    """Decisions per face track (track, good views fused, threshold, quality); template pose."""
+    for column, kind in (("track", int), ("frames", int), ("threshold", float), ("quality", float)):
+        db["events"].add_column(column, kind)
+    for column, kind in (("yaw", float), ("grey", int), ("detector_score", float)):
+        db["templates"].add_column(column, kind)

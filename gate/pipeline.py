@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
 from pydantic import ValidationError
 
+from gate.calibration import Calibration, calibrate
 from gate.components import Actuator, Component, Detector, Encoder, Face, Match, Matcher
 from gate.config import GateConfig, config_origin, describe_errors
 from gate.context import Context
 from gate.database import GateDB
 from gate.errors import ComponentError, ConfigError, GateError
 from gate.plugins import KINDS, Registry
+from gate.quality import FaceQuality, QualityFloor, measure
+
+logger = logging.getLogger("gate.pipeline")
 
 TOO_SMALL = Match("too_small", None, None, float("inf"), float("inf"))
 
 
 @dataclass(frozen=True)
 class Recognition:
-    """One face of an image, its embedding and, once matched, the verdict."""
+    """One face of an image, its embedding, its quality and, once matched, the verdict."""
 
     face: Face
     embedding: np.ndarray
     match: Match | None = None
+    quality: FaceQuality | None = None
+    threshold: float | None = None
 
 
 def check_component_sections(config: GateConfig, registry: Registry) -> None:
@@ -95,10 +102,76 @@ class Pipeline:
     def actuators(self) -> list[Actuator]:
         return [self.build("actuator", name) for name in self.config.pipeline.actuators]
 
+    @cached_property
+    def floor(self) -> QualityFloor:
+        """What a face must reach to count towards a grant."""
+        r = self.config.recognition
+        return QualityFloor(
+            min_size=r.min_face_px,
+            min_sharpness=r.min_sharpness,
+            max_yaw=r.max_yaw,
+            min_score=r.min_detector_score,
+        )
+
+    @property
+    def calibration(self) -> Calibration:
+        """The thresholds in force for the templates loaded last (none loaded: an empty site)."""
+        if self.__dict__.get("_calibration") is None:
+            self.fit(np.zeros((0, self.encoder.dim), np.float32), np.zeros(0, np.int64))
+        return self._calibration
+
     @property
     def threshold(self) -> float:
-        """The match distance in force: the config's, else the encoder's default."""
-        return self.config.recognition.threshold or self.encoder.threshold
+        """The strictest distance in force (per image condition, see :attr:`calibration`)."""
+        return min(self.calibration.thresholds.values())
+
+    def fit(self, embeddings: np.ndarray, person_ids: np.ndarray) -> Calibration:
+        """Give the matcher these templates and calibrate the thresholds for them."""
+        self.matcher.fit(embeddings, person_ids)
+        return self.recalibrate(embeddings, person_ids)
+
+    def recalibrate(
+        self, embeddings: np.ndarray, person_ids: np.ndarray, override: float | None = None
+    ) -> Calibration:
+        """Thresholds for this gallery at the stated risk (or for a fixed ``override``)."""
+        r = self.config.recognition
+        override = override if override is not None else r.threshold
+        calibration = calibrate(
+            self.encoder.impostor_model(getattr(self.matcher, "rule", "nearest")),
+            embeddings,
+            person_ids,
+            r.stranger_acceptance,
+            override=override,
+            fallback=self.encoder.threshold,
+        )
+        self._calibration = calibration
+        self._explain(calibration)
+        return calibration
+
+    def _explain(self, calibration: Calibration) -> None:
+        r = self.config.recognition
+        if calibration.source == "encoder":
+            logger.warning(
+                "encoder %r has no impostor model: fixed threshold %.3f, stranger acceptance "
+                "cannot be stated",
+                self.encoder.name,
+                calibration.threshold("colour"),
+            )
+            return
+        worst = max(calibration.acceptance.values()) if calibration.acceptance else 0.0
+        if calibration.source == "override" and worst > r.stranger_acceptance:
+            logger.warning(
+                "fixed threshold %.3f overrides stranger_acceptance %g: at %d people it is "
+                "estimated to name %.2g%% of strangers as someone (worst image condition)",
+                calibration.threshold("colour"),
+                r.stranger_acceptance,
+                calibration.people,
+                100 * worst,
+            )
+        elif r.stranger_acceptance > 0.01:
+            logger.warning(
+                "stranger_acceptance %g is looser than gate's default 0.01", r.stranger_acceptance
+            )
 
     def load_templates(self, db: GateDB) -> int:
         """Give the matcher every template in the encoder's space; returns how many."""
@@ -108,8 +181,81 @@ class Pipeline:
                 f"templates have {embeddings.shape[1]} dimensions, encoder "
                 f"{self.encoder.name!r} makes {self.encoder.dim}"
             )
-        self.matcher.fit(embeddings, person_ids)
+        self.fit(embeddings, person_ids)
         return len(embeddings)
+
+    def thresholds_for(
+        self, qualities: list[FaceQuality], override: float | None = None
+    ) -> np.ndarray:
+        """The distance for each face: the door's fixed one, else its condition's."""
+        if override is not None:
+            return np.full(len(qualities), override, np.float64)
+        calibration = self.calibration
+        return np.array([calibration.threshold(q.condition) for q in qualities], np.float64)
+
+    def judge(
+        self,
+        embedding: np.ndarray,
+        views: list[Recognition],
+        *,
+        spread: float = 0.0,
+        threshold: float | None = None,
+        min_margin: float | None = None,
+    ) -> tuple[Match, float]:
+        """Judge a track's fused embedding; ``(match, threshold used)``.
+
+        The threshold is the strictest of the views' image conditions. Averaging
+        views pulls a stranger's embedding towards everyone by exactly the views'
+        ``spread`` (their mean squared distance from the fused embedding), so
+        the fused distance ``d`` is judged as ``sqrt(d**2 + spread)``: the root mean
+        square of the views' own distances, on which the per-photo calibration
+        holds.
+        """
+        qualities = [v.quality for v in views if v.quality is not None]
+        if qualities:
+            limit = float(self.thresholds_for(qualities, threshold).min())
+        else:
+            limit = threshold if threshold is not None else self.threshold
+        margin = self.config.recognition.min_margin if min_margin is None else min_margin
+        (raw,) = self.matcher.match(
+            np.asarray(embedding, np.float32)[None, :],
+            threshold=float(np.sqrt(max(limit**2 - spread, 0.0))),
+            min_margin=0.0,
+        )
+        distance = float(np.sqrt(raw.distance**2 + spread))
+        runner_up = float(np.sqrt((raw.distance + raw.margin) ** 2 + spread))
+        status, person = raw.status, raw.person_id
+        if status == "match" and runner_up - distance < margin:
+            status, person = "ambiguous", None
+        return replace(raw, status=status, person_id=person, distance=distance,
+                       margin=runner_up - distance), limit  # fmt: skip
+
+    def match(
+        self,
+        embeddings: np.ndarray,
+        qualities: list[FaceQuality],
+        *,
+        threshold: float | None = None,
+        min_margin: float | None = None,
+    ) -> list[tuple[Match, float]]:
+        """Match embeddings of faces of known quality: ``(match, threshold used)`` each.
+
+        Faces below the quality floor come back ``low_quality`` (their nearest
+        person kept as the candidate), never as a match.
+        """
+        limits = self.thresholds_for(qualities, threshold)
+        matches = self.matcher.match(
+            embeddings,
+            threshold=limits,
+            min_margin=self.config.recognition.min_margin if min_margin is None else min_margin,
+        )
+        floor = self.floor
+        out = []
+        for match, quality, limit in zip(matches, qualities, limits, strict=True):
+            if floor.failures(quality):
+                match = replace(match, status="low_quality", person_id=None)
+            out.append((match, float(limit)))
+        return out
 
     def recognise(
         self,
@@ -124,7 +270,8 @@ class Pipeline:
         """Detect (unless ``faces`` are given), encode in one batch, and match.
 
         ``detector``, ``encoder``, ``threshold`` and ``min_margin`` override the
-        pipeline's own (a door may have its own detector and thresholds).
+        pipeline's own (a door may have its own detector and a fixed threshold);
+        without ``threshold`` each face gets its image condition's calibrated one.
         """
         detector = detector or self.detector
         faces = detector.detect(image) if faces is None else faces
@@ -137,14 +284,13 @@ class Pipeline:
         ]
         if usable:
             embeddings = (encoder or self.encoder).encode(image, usable)
-            matches = self.matcher.match(
-                embeddings,
-                threshold=threshold or self.threshold,
-                min_margin=self.config.recognition.min_margin if min_margin is None else min_margin,
-            )
+            qualities = [measure(image, face) for face in usable]
+            matches = self.match(embeddings, qualities, threshold=threshold, min_margin=min_margin)
             out[:0] = [
-                Recognition(face, vector, match)
-                for face, vector, match in zip(usable, embeddings, matches, strict=True)
+                Recognition(face, vector, match, quality, limit)
+                for face, vector, quality, (match, limit) in zip(
+                    usable, embeddings, qualities, matches, strict=True
+                )
             ]
         return out
 

@@ -43,3 +43,16 @@ def shape_points(shape) -> np.ndarray:
 def to_rgb(image: np.ndarray) -> np.ndarray:
     """BGR to contiguous RGB, as dlib expects."""
     return np.ascontiguousarray(image[:, :, ::-1])
+
+
+#: the impostor model of dlib's embedding space, fitted by tools/fit_impostor_model.py
+IMPOSTOR_MODEL = "impostors-dlib-resnet-v1.json"
+
+
+@cache
+def impostor_model(rule: str = "mean"):
+    """How close strangers come in dlib's space, per image condition (loaded once per rule)."""
+    from gate.calibration import ImpostorModel
+
+    with resources.as_file(resources.files("gate_plugins") / "models" / IMPOSTOR_MODEL) as path:
+        return ImpostorModel.load(path, rule)

@@ -50,6 +50,9 @@ class DlibEncoder(Encoder):
         vectors = _face_model().compute_face_descriptor(rgb, shapes, self.options.jitter, 0.25)
         return np.asarray([np.asarray(v) for v in vectors], np.float32).reshape(-1, self.dim)
 
+    def impostor_model(self, rule: str = "nearest"):
+        return _dlib.impostor_model(rule)
+
 
 @hookimpl
 def register_encoders(register):

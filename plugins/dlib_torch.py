@@ -98,6 +98,14 @@ class DlibTorchEncoder(Encoder):
             self.threshold = self.variant.threshold
             self.version += f"/variant={self.variant.name}@{self.variant.short_hash}"
 
+    def impostor_model(self, rule: str = "nearest"):
+        """dlib's space has one; a variant's space has none yet (its fixed threshold holds)."""
+        if self.variant is not None:
+            return None
+        from gate_plugins._dlib import impostor_model
+
+        return impostor_model(rule)
+
     def _sp5(self):
         if self._predictor is None:
             from gate.nn.dlib_shape import load_shape_predictor

@@ -1,26 +1,43 @@
-"""Matcher ``nearest``: the nearest template over everyone enrolled, open-set, with a margin."""
+"""Matcher ``nearest``: the nearest person over everyone enrolled, open-set, with a margin."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
+from pydantic import Field
 
 from gate import hookimpl
-from gate.components import Match, Matcher
+from gate.components import Match, Matcher, StrictOptions
+
+
+class NearestOptions(StrictOptions):
+    per_person: Literal["mean", "nearest"] = Field(
+        "mean",
+        description="Score a person by the mean of their templates (separates strangers "
+        "better: docs/open-set.md) or by their nearest template.",
+    )
 
 
 class NearestMatcher(Matcher):
-    """Distances to all templates in one matrix product; per person, the nearest template.
+    """Distances to all templates in one matrix product; per person, one score.
 
-    A face matches when its nearest person is within ``threshold`` and the
+    A person's score is the distance to the mean of their templates (default)
+    or to their nearest template (``per_person = "nearest"``).
+
+    A face matches when its nearest person is within ``threshold`` (one for
+    all faces, or one per face) and the
     next-nearest *other* person is at least ``min_margin`` farther; within the
     threshold but without that margin it is ``ambiguous``, otherwise ``unknown``.
     """
 
     name = "nearest"
-    description = "nearest template, open-set threshold and margin to the runner-up"
+    description = "nearest person (mean or nearest template), open-set threshold and margin"
+    Options = NearestOptions
 
     def __init__(self, options=None, context=None):
         super().__init__(options, context)
+        self.rule = self.options.per_person
         self.fit(np.zeros((0, 0), np.float32), np.zeros(0, np.int64))
 
     def fit(self, embeddings: np.ndarray, person_ids: np.ndarray) -> None:
@@ -28,10 +45,17 @@ class NearestMatcher(Matcher):
         order = np.argsort(person_ids, kind="stable")
         templates = np.ascontiguousarray(embeddings[order], dtype=np.float64)
         people, starts = np.unique(np.asarray(person_ids)[order], return_index=True)
+        if self.rule == "mean" and len(people):
+            counts = np.diff(np.append(starts, len(templates)))
+            templates = np.add.reduceat(templates, starts, axis=0) / counts[:, None]
+            starts = np.arange(len(people))
         self._index = (templates, people, starts, (templates**2).sum(axis=1))
 
-    def match(self, embeddings: np.ndarray, *, threshold: float, min_margin: float) -> list[Match]:
+    def match(
+        self, embeddings: np.ndarray, *, threshold: float | np.ndarray, min_margin: float
+    ) -> list[Match]:
         queries = np.asarray(embeddings, np.float32)
+        limits = np.broadcast_to(np.asarray(threshold, np.float64), (len(queries),))
         templates, people, starts, norms = self._index
         if len(queries) == 0:
             return []
@@ -52,7 +76,7 @@ class NearestMatcher(Matcher):
         for i in range(len(queries)):
             candidate = int(people[best[i]])
             distance, margin = float(nearest[i]), float(runner_up[i] - nearest[i])
-            if distance > threshold or not np.isfinite(distance):
+            if distance > limits[i] or not np.isfinite(distance):
                 status, person = "unknown", None
             elif margin < min_margin:
                 status, person = "ambiguous", None

@@ -35,6 +35,9 @@ SCHEMA = {
         "face_crop": "BLOB",
         "crop_face": "TEXT",
         "created_at": "TEXT",
+        "yaw": "REAL",
+        "grey": "INTEGER",
+        "detector_score": "REAL",
     },
     "doors": {
         "name": "TEXT",
@@ -65,6 +68,10 @@ SCHEMA = {
         "snapshot": "BLOB",
         "actor": "TEXT",
         "note": "TEXT",
+        "track": "INTEGER",
+        "frames": "INTEGER",
+        "threshold": "REAL",
+        "quality": "REAL",
     },
     "groups": {"id": "INTEGER", "name": "TEXT", "created_at": "TEXT"},
     "memberships": {"person_id": "INTEGER", "group_id": "INTEGER"},
@@ -106,7 +113,7 @@ def test_migrations_apply_once_and_reopen_cleanly(tmp_path):
     first.close()
     again = GateDB(tmp_path / "g.db")
     applied = list(again.db.query("select name from _sqlite_migrations"))
-    assert applied == [{"name": "m001_initial"}, {"name": "m002_sites"}]
+    assert applied == [{"name": n} for n in ("m001_initial", "m002_sites", "m003_open_set")]
     assert [p["name"] for p in again.people()] == ["ada"]
 
 

@@ -110,8 +110,9 @@ def test_third_party_detector_and_actuator_chosen_by_config_and_called_by_loop(p
     try:
         folder = tmp_path / "frames"
         folder.mkdir()
-        for i in range(4):
-            cv2.imwrite(str(folder / f"{i}.png"), np.full((120, 120, 3), 40 * i, np.uint8))
+        rng = np.random.default_rng(0)
+        for i in range(4):  # textured, so the fixed "face" is sharp enough to be judged
+            cv2.imwrite(str(folder / f"{i}.png"), rng.integers(0, 255, (120, 120, 3), np.uint8))
         config = parse_config(
             {
                 "pipeline": {"detector": "fixed-box", "actuators": ["recorder"]},

@@ -59,7 +59,9 @@ def test_run_grants_the_enrolled_and_unlocks_over_mqtt(tmp_path, mosquitto, subs
     assert all(e["delivered"] == 1 and e["door"] == "stage" for e in granted)
     assert all(e["latency_ms"] > 0 and e["snapshot"][:2] == b"\xff\xd8" for e in logged)
     denied = [e for e in logged if e["decision"] == "denied"]
-    assert all(e["person"] is None and e["reason"] in ("unknown", "ambiguous") for e in denied)
+    reasons = ("unknown", "ambiguous", "low_quality")
+    assert all(e["person"] is None and e["reason"] in reasons for e in denied)
+    assert all(e["track"] and e["frames"] is not None for e in logged)
 
     commands = [json.loads(body) for body, retained, _ in watcher.on("gate/stage/command")]
     assert not any(retained for _, retained, _ in watcher.on("gate/stage/command"))

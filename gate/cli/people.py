@@ -94,10 +94,29 @@ def people() -> None:
 @json_option
 @pass_app
 def people_list(app: App, as_json: bool) -> None:
-    """Everyone enrolled, with their number of face templates."""
+    """Everyone enrolled, with their number of face templates.
+
+    People whose templates lie within the threshold in force of someone
+    else's are flagged ("looks like NAME"): add photos of both.
+    """
+    rows = app.db.people()
+    if len(rows) > 1:
+        from gate.calibration import look_alikes
+
+        embeddings, person_ids = app.db.load_templates(app.pipeline.encoder.space)
+        app.pipeline.fit(embeddings, person_ids)
+        names = app.db.names()
+        alike: dict[str, list[str]] = {}
+        for p, q, d in look_alikes(embeddings, person_ids, app.pipeline.threshold):
+            alike.setdefault(names[p], []).append(f"{names[q]} ({d:.2f})")
+            alike.setdefault(names[q], []).append(f"{names[p]} ({d:.2f})")
+        for row in rows:
+            row["looks_like"] = alike.get(row["name"], [])
 
     def line(row: dict) -> str:
         notes = [f"{row['templates']} template(s)"]
+        if row.get("looks_like"):
+            notes.append("looks like " + ", ".join(row["looks_like"]) + ": add photos")
         if row["groups"]:
             notes.append("groups " + ",".join(row["groups"]))
         if not row["enabled"]:
@@ -108,7 +127,7 @@ def people_list(app: App, as_json: bool) -> None:
             notes.append(f"until {row['valid_until']}")
         return f"{row['name']}\t" + "\t".join(notes)
 
-    echo_rows(app.db.people(), as_json, "nobody is enrolled", line)
+    echo_rows(rows, as_json, "nobody is enrolled", line)
 
 
 @people.command("remove")

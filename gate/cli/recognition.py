@@ -22,6 +22,9 @@ def _face_json(rec, names: dict[int, str]) -> dict:
         "nearest": names.get(match.candidate_id) if match.candidate_id is not None else None,
         "distance": None if match.distance == float("inf") else round(match.distance, 4),
         "margin": None if match.margin == float("inf") else round(match.margin, 4),
+        "threshold": None if rec.threshold is None else round(rec.threshold, 4),
+        "condition": rec.quality.condition if rec.quality else None,
+        "quality": rec.quality.as_dict() if rec.quality else None,
     }
 
 
@@ -45,7 +48,11 @@ def identify(app: App, images, as_json: bool) -> None:
             if not as_json:
                 click.echo(f"error: {exc}", err=True)
             continue
-        faces = [_face_json(rec, names) for rec in app.pipeline.recognise(pixels)]
+        recognitions = app.pipeline.recognise(pixels)
+        faces = [_face_json(rec, names) for rec in recognitions]
+        for face, rec in zip(faces, recognitions, strict=True):
+            if rec.quality is not None and face["status"] == "low_quality":
+                face["why"] = "; ".join(app.pipeline.floor.failures(rec.quality))
         report.append({"image": str(path), "faces": faces})
         if as_json:
             continue
@@ -55,11 +62,73 @@ def identify(app: App, images, as_json: bool) -> None:
             who = face["person"] or face["status"]
             extra = f" (nearest {face['nearest']})" if face["status"] != "match" else ""
             distance = "-" if face["distance"] is None else f"{face['distance']:.3f}"
-            click.echo(f"{path}: {who}{extra}  distance {distance}  box {face['box']}")
+            limit = "" if face["threshold"] is None else f" (threshold {face['threshold']:.3f})"
+            why = f" [{face['why']}]" if face.get("why") else ""
+            click.echo(f"{path}: {who}{extra}{why}  distance {distance}{limit}  box {face['box']}")
     if as_json:
         click.echo(json.dumps(report, indent=2))
     if errors:
         sys.exit(1)
+
+
+@cli.command()
+@json_option
+@pass_app
+def calibrate(app: App, as_json: bool) -> None:
+    """Show the thresholds in force for the people enrolled now, and what they mean.
+
+    gate turns [recognition] stranger_acceptance into a distance per image
+    condition (colour or grey, faces under 80 px or not) from a model of how
+    close strangers come, refined on the enrolled people themselves.
+    """
+    from gate.calibration import look_alikes
+
+    embeddings, person_ids = app.db.load_templates(app.pipeline.encoder.space)
+    app.pipeline.load_templates(app.db)
+    cal = app.pipeline.calibration
+    names = app.db.names()
+    alike = [
+        {"person": names[p], "other": names[q], "distance": round(d, 4)}
+        for p, q, d in look_alikes(embeddings, person_ids, cal.threshold("colour"))
+    ]
+    r = app.config.recognition
+    data = {
+        "source": cal.source,
+        "stated_stranger_acceptance": cal.risk,
+        "fixed_threshold": r.threshold,
+        "people": cal.people,
+        "templates": cal.templates,
+        "conditions": cal.summary(),
+        "look_alikes": alike,
+    }
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    if cal.source == "encoder":
+        click.echo(
+            f"encoder {app.pipeline.encoder.name!r} has no impostor model: fixed threshold "
+            f"{cal.threshold('colour'):.3f}; no stranger acceptance can be stated"
+        )
+    elif cal.source == "override":
+        click.echo(f"fixed threshold {r.threshold:g} ([recognition] threshold) overrides "
+                   f"stranger_acceptance {r.stranger_acceptance:g}")  # fmt: skip
+    else:
+        click.echo(f"stated stranger acceptance {cal.risk:g} per face track (or photo)")
+    click.echo(f"{cal.people} people, {cal.templates} templates enrolled")
+    click.echo("condition     threshold  strangers named (est.)  enrolled named (est.)  site shift")
+    for row in cal.summary():
+        accept = row["stranger_acceptance"]
+        genuine = row["enrolled_accepted"]
+        click.echo(
+            f"{row['condition']:<13} {row['threshold']:<10.3f} "
+            f"{'-' if accept is None else f'{100 * accept:.2g}%':<23} "
+            f"{'-' if genuine is None else f'{100 * genuine:.0f}%':<22} {row['site_shift']:+.3f}"
+        )
+    for pair in alike:
+        click.echo(
+            f"look-alikes: {pair['person']} and {pair['other']} ({pair['distance']:.3f}): "
+            f"add photos of both, or expect them to be refused as ambiguous"
+        )
 
 
 @cli.command()
