@@ -7,7 +7,7 @@ person (``nearest`` template or the ``mean`` of their templates), each
 condition and each number of templates ``k`` it measures ``F_k(t)``, the share
 of (stranger photo, enrolled person) pairs in which the stranger comes within
 ``t`` of the person, and the genuine share (a person's other photos within
-``t``). The curves are the 95% upper bound of ``F_k`` over the people
+``t``). The curves are the 99% upper bound of ``F_k`` over the people
 resampled on both sides (a few enrolled people draw most strangers and a few
 strangers come close to many, so other people can do worse than the ones
 measured). The far tail, where few pairs fall, continues straight in
@@ -45,6 +45,8 @@ SOURCES = {"colour": "colour", "grey": "grey", "colour-small": "colour-far",
 FITTED_ON = "LFW View 1, fit half of the people (crc32(name) even)"
 #: fewer pairs than this below a grid point: the tail fit takes over
 RELIABLE = 40
+#: the confidence of the upper bound on F (one-sided)
+LEVEL = 0.99
 
 
 def lfw_half(name: str) -> str:
@@ -107,7 +109,7 @@ def impostor_counts(emb, d, labels, k, rng, rounds, rule):
 
 
 def upper_bound(sides, rng, draws: int = 400) -> np.ndarray:
-    """The 95% upper bound of F(t) when other people stand on either side.
+    """The upper bound (at :data:`LEVEL`) of F(t) when other people stand on either side.
 
     A few enrolled people draw most strangers, and a few strangers come close
     to many people, so other people can give a larger F than the ones measured.
@@ -123,7 +125,7 @@ def upper_bound(sides, rng, draws: int = 400) -> np.ndarray:
         for b in range(draws):
             pick = rng.integers(0, n, n)
             boot[b] = counts[pick].sum(axis=0) / weights[pick].sum()
-        upper = np.maximum(np.quantile(boot, 0.95, axis=0), estimate)
+        upper = np.maximum(np.quantile(boot, LEVEL, axis=0), estimate)
         log_ratio_sq += np.log(upper / estimate) ** 2
     return estimate * np.exp(np.sqrt(log_ratio_sq))
 
