@@ -208,6 +208,18 @@ class HomeAssistantConfig(Section):
     )
 
 
+class RetentionConfig(Section):
+    """How long the log keeps what it stores, in days; 0 keeps it for ever."""
+
+    stranger_snapshots_days: int = Field(
+        7, ge=0, le=36500, description="Face snapshots of events that name nobody."
+    )
+    snapshots_days: int = Field(30, ge=0, le=36500, description="Every face snapshot.")
+    events_days: int = Field(
+        365, ge=0, le=36500, description="Every logged decision (the chain keeps verifying)."
+    )
+
+
 class GateConfig(Section):
     """The whole configuration."""
 
@@ -221,6 +233,7 @@ class GateConfig(Section):
     site: SiteConfig = Field(default_factory=SiteConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     detectors: dict[str, dict[str, Any]] = Field(default_factory=dict)
     encoders: dict[str, dict[str, Any]] = Field(default_factory=dict)
     matchers: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ from typing import Any
 import numpy as np
 from sqlite_utils import Database
 
+from gate import logchain
 from gate.access import PersonInfo, Rule, Window, parse_clock
 from gate.errors import StoreError
 from gate.events import AccessEvent, utc_iso
@@ -57,23 +61,68 @@ def _moment(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
+def create_private(path: Path) -> None:
+    """Create the database's folder 0700 and file 0600 where they are missing.
+
+    An existing folder is left as it is (it may be the working directory);
+    SQLite gives its ``-wal`` and ``-shm`` files the database file's mode.
+    """
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.chmod(0o700)
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def keep_private(path: Path) -> None:
+    """Take others' access off a database made before gate created it 0600, with a warning."""
+    logger = logging.getLogger("gate.database")
+    for each in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            mode = each.stat().st_mode & 0o777
+            if mode & 0o077:
+                each.chmod(mode & 0o700)
+                logger.warning("%s was open to others (mode %o): now %o", each, mode, mode & 0o700)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # not the owner: say so, the owner must fix it
+            logger.warning("%s is open to others and cannot be made private: %s", each, exc)
+
+
 class GateDB:
     """One SQLite file in WAL mode, migrated to the current schema on open."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            create_private(self.path)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot create the database: {exc}") from None
         try:
             self.db = Database(self.path)
             self.db.enable_wal()
             self.db.execute("PRAGMA foreign_keys = ON")
             self.db.execute("PRAGMA busy_timeout = 5000")
+            self.db.execute("PRAGMA secure_delete = ON")  # what is deleted is overwritten
             migrations.apply(self.db)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: not a usable gate database ({exc})") from None
+        keep_private(self.path)
 
     def close(self) -> None:
         self.db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """One write transaction, locked from its start (BEGIN IMMEDIATE): no writer between."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.rollback()
+            raise
+        else:
+            self.db.commit()
 
     # people -----------------------------------------------------------------
 
@@ -102,14 +151,33 @@ class GateDB:
         """Person id to name."""
         return {row["id"]: row["name"] for row in self.db["people"].rows}
 
-    def remove_person(self, name: str) -> int:
-        """Delete a person and their templates; returns how many templates went."""
+    def remove_person(self, name: str, *, erase: bool = False) -> int:
+        """Delete a person with their templates, group memberships and anti-passback places.
+
+        Their events stay in the log; with ``erase`` those lose their snapshot
+        and the name becomes ``#<id>``. Returns how many templates went.
+        """
         person = self._existing(name)
-        with self.db.atomic():
-            count = self.db["templates"].count_where("person_id = ?", [person["id"]])
-            self.db["templates"].delete_where("person_id = ?", [person["id"]])
-            self.db["people"].delete(person["id"])
+        person_id = person["id"]
+        try:
+            with self._write():
+                count = self.db["templates"].count_where("person_id = ?", [person_id])
+                for table in ("templates", "memberships", "passages"):
+                    self.db.execute(f"delete from {table} where person_id = ?", [person_id])
+                if erase:
+                    self.db.execute(
+                        "update events set person = ?, person_salt = null, snapshot = null "
+                        "where person_id = ?",
+                        [logchain.erased_name(person_id), person_id],
+                    )
+                self.db.execute("delete from people where id = ?", [person_id])
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(f"cannot remove {name!r}: still referenced ({exc})") from None
         return count
+
+    def count_events(self, person_id: int) -> int:
+        """How many logged events name this person."""
+        return self.db["events"].count_where("person_id = ?", [person_id])
 
     def rename_person(self, old: str, new: str) -> None:
         """Rename; past events keep the name they were logged with."""
@@ -417,16 +485,119 @@ class GateDB:
     # events --------------------------------------------------------------------
 
     def add_event(self, event: AccessEvent) -> int:
-        """Store a decision; sets and returns ``event.id``."""
+        """Store a decision, chained to the one before it; sets and returns ``event.id``."""
         row = {k: v for k, v in event.__dict__.items() if k != "id"}
-        if row["margin"] == float("inf"):
-            row["margin"] = None
-        event.id = int(self.db["events"].insert(row).last_pk)
+        for key, kind in logchain.COVERED.items():
+            if key in row:
+                row[key] = logchain.normalise(kind, row[key])  # inf margin: no other person
+        if row["delivered"] is not None:
+            row["delivered"] = int(bool(row["delivered"]))
+        if row["person"] is not None:
+            row["person_salt"] = logchain.new_salt()
+            row["person_digest"] = logchain.name_digest(row["person_salt"], row["person"])
+        if row["snapshot"] is not None:
+            row["snapshot_sha256"] = logchain.sha256_hex(row["snapshot"])
+        with self._write():
+            head_id, prev = logchain.mark("head", self.db)
+            newest = self.db.execute("select coalesce(max(id), 0) from events").fetchone()[0]
+            row["id"] = event.id = max(head_id, newest) + 1  # never an id used before a purge
+            row["prev_hash"], row["hash"] = prev, logchain.link(prev, row)
+            row["delivered_seal"] = logchain.delivered_seal(row["hash"], row["delivered"])
+            names = list(row)
+            self.db.execute(
+                f"insert into events ({', '.join(names)}) values ({', '.join('?' * len(names))})",
+                [row[k] for k in names],
+            )
+            self.db.execute(
+                "update log_chain set event_id = ?, hash = ? where name = 'head'",
+                [event.id, row["hash"]],
+            )
         return event.id
 
     def set_delivered(self, event_id: int, delivered: bool) -> None:
-        """Record whether the unlock for an event reached the broker."""
-        self.db["events"].update(event_id, {"delivered": int(delivered)})
+        """Record whether the unlock for an event reached the broker (the event's second link)."""
+        with self._write():
+            found = self.db.execute("select hash from events where id = ?", [event_id]).fetchone()
+            if found is None:
+                raise StoreError(f"no event with id {event_id}")
+            digest = found[0]
+            self.db.execute(
+                "update events set delivered = ?, delivered_seal = ? where id = ?",
+                [int(delivered), logchain.delivered_seal(digest, delivered) if digest else None,
+                 event_id],
+            )  # fmt: skip
+
+    def verify_log(self) -> logchain.Verification:
+        """Check the log's hash chain from its anchor to its head."""
+        return logchain.verify(self.db)
+
+    def drop_snapshots(self, before: str, *, strangers_only: bool = False, batch: int = 500) -> int:
+        """Delete the snapshots of events before ``before`` (ISO UTC); returns how many.
+
+        In short transactions of ``batch`` events, so that doors logging meanwhile never wait long.
+        """
+        where = "time < ? and snapshot is not null"
+        if strangers_only:
+            where += " and person_id is null"
+        total = 0
+        while True:
+            with self._write():
+                done = self.db.execute(
+                    "update events set snapshot = null where id in "
+                    f"(select id from events where {where} order by id limit ?)",
+                    [before, batch],
+                ).rowcount
+            total += done
+            if done < batch:
+                return total
+
+    def purge_events(self, before: str, batch: int = 1000) -> int:
+        """Delete the oldest events, up to the first at or after ``before``; returns how many.
+
+        The chain's anchor moves to the last event deleted, so the rest still
+        verifies; a broken link and what follows it are kept as evidence. Works
+        in short transactions of ``batch`` events.
+        """
+        total = 0
+        while True:
+            with self._write():
+                count, more = self._purge_batch(before, batch)
+            total += count
+            if not more:
+                return total
+
+    def _purge_batch(self, before: str, batch: int) -> tuple[int, bool]:
+        """Delete up to ``batch`` of the oldest events before ``before``: (deleted, more to do)."""
+        newer = self.db.execute("select min(id) from events where time >= ?", [before]).fetchone()
+        oldest = self.db.execute(
+            "select id from events order by id limit 1 offset ?", [batch - 1]
+        ).fetchone()
+        upto = newer[0] - 1 if newer[0] is not None else (1 << 62)
+        more = oldest is not None and oldest[0] < upto
+        upto = oldest[0] if more else upto
+        anchor_id, _ = logchain.mark("anchor", self.db)
+        if upto > anchor_id:
+            check = logchain.verify(self.db, upto=upto)
+            if check.broken_id is not None:
+                logging.getLogger("gate.database").warning(
+                    "retention keeps the log from event %d on: %s", check.broken_id, check.problem
+                )
+                upto, more = check.broken_id - 1, False
+        last = self.db.execute(
+            "select id, hash from events where id <= ? order by id desc limit 1", [upto]
+        ).fetchone()
+        if last is None:
+            return 0, False
+        count = self.db.execute("delete from events where id <= ?", [upto]).rowcount
+        if last[0] > anchor_id:
+            self.db.execute(
+                "update log_chain set event_id = ?, hash = ? where name = 'anchor'", list(last)
+            )
+        self.db.execute(
+            "update log_chain set time = ?, purged = coalesce(purged, 0) + ? where name = 'anchor'",
+            [utc_iso(time.time()), count],
+        )
+        return count, more
 
     def events(
         self,
@@ -451,7 +622,7 @@ class GateDB:
             if value is not None:
                 where.append(clause)
                 params.append(value)
-        names = [c for c in self.db["events"].columns_dict if c != "snapshot"]
+        names = [f.name for f in fields(AccessEvent) if f.name != "snapshot"]
         columns = ", ".join(names) + (", snapshot" if snapshots else ", null as snapshot")
         sql = f"select {columns} from events"
         if where:

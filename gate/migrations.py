@@ -113,3 +113,20 @@ def m003_open_set(db: Database) -> None:
         db["events"].add_column(column, kind)
     for column, kind in (("yaw", float), ("grey", int), ("detector_score", float)):
         db["templates"].add_column(column, kind)
+
+
+@migrations()
+def m004_log_chain(db: Database) -> None:
+    """The access log's hash chain; its head and anchor (events before it are not covered)."""
+    for column in (
+        "person_digest", "person_salt", "snapshot_sha256", "prev_hash", "hash", "delivered_seal"
+    ):  # fmt: skip
+        db["events"].add_column(column, str)
+    db["log_chain"].create(
+        {"name": str, "event_id": int, "hash": str, "time": str, "purged": int},
+        pk="name",
+        not_null={"event_id", "hash"},
+    )
+    last = db.execute("select coalesce(max(id), 0) from events").fetchone()[0]
+    for name in ("head", "anchor"):
+        db["log_chain"].insert({"name": name, "event_id": last, "hash": "0" * 64, "purged": 0})

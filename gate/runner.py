@@ -21,6 +21,7 @@ from gate.errors import GateError
 from gate.events import AccessEvent
 from gate.loop import DoorLoop, RunStats
 from gate.pipeline import Pipeline
+from gate.retention import keep_purging
 
 logger = logging.getLogger("gate.runner")
 
@@ -117,6 +118,7 @@ class Runner:
             target=self._watch_roster, args=(watching,), name="gate-roster", daemon=True
         )
         watcher.start()
+        keep_purging(self.db_path, self.pipeline.config.retention, watching)  # stops with it
         try:
             for index, door in enumerate(self.doors):
                 detector = (

@@ -72,6 +72,19 @@ SCHEMA = {
         "frames": "INTEGER",
         "threshold": "REAL",
         "quality": "REAL",
+        "person_digest": "TEXT",
+        "person_salt": "TEXT",
+        "snapshot_sha256": "TEXT",
+        "prev_hash": "TEXT",
+        "hash": "TEXT",
+        "delivered_seal": "TEXT",
+    },
+    "log_chain": {
+        "name": "TEXT",
+        "event_id": "INTEGER",
+        "hash": "TEXT",
+        "time": "TEXT",
+        "purged": "INTEGER",
     },
     "groups": {"id": "INTEGER", "name": "TEXT", "created_at": "TEXT"},
     "memberships": {"person_id": "INTEGER", "group_id": "INTEGER"},
@@ -113,7 +126,9 @@ def test_migrations_apply_once_and_reopen_cleanly(tmp_path):
     first.close()
     again = GateDB(tmp_path / "g.db")
     applied = list(again.db.query("select name from _sqlite_migrations"))
-    assert applied == [{"name": n} for n in ("m001_initial", "m002_sites", "m003_open_set")]
+    assert applied == [
+        {"name": n} for n in ("m001_initial", "m002_sites", "m003_open_set", "m004_log_chain")
+    ]
     assert [p["name"] for p in again.people()] == ["ada"]
 
 

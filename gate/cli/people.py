@@ -133,15 +133,28 @@ def people_list(app: App, as_json: bool) -> None:
 @people.command("remove")
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--erase",
+    is_flag=True,
+    help="Also take their name and face images out of past events (they stay, as #ID).",
+)
 @pass_app
-def people_remove(app: App, name: str, yes: bool) -> None:
-    """Remove NAME and their face templates (the log keeps their past events)."""
-    if app.db.person(name) is None:
+def people_remove(app: App, name: str, yes: bool, erase: bool) -> None:
+    """Remove NAME: face templates, groups, anti-passback places (the log keeps their events).
+
+    With --erase their past events lose their snapshots and show the person's
+    id (#ID) instead of the name; the events stay, for the audit trail.
+    """
+    person = app.db.person(name)
+    if person is None:
         raise click.ClickException(f"no person called {name!r}")
+    events = app.db.count_events(person["id"]) if erase else 0
     if not yes:
-        click.confirm(f"Remove {name} and all their templates?", abort=True)
-    count = app.db.remove_person(name)
-    click.echo(f"removed {name} ({count} template(s))")
+        what = f" and erase them from {events} past event(s)" if erase else ""
+        click.confirm(f"Remove {name} and all their templates{what}?", abort=True)
+    count = app.db.remove_person(name, erase=erase)
+    note = f"; {events} past event(s) now show #{person['id']}" if erase else ""
+    click.echo(f"removed {name} ({count} template(s)){note}")
 
 
 @people.command("rename")

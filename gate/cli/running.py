@@ -107,7 +107,7 @@ LOG_FIELDS = [
 ]  # fmt: skip
 
 
-@cli.command("log")
+@cli.group("log", invoke_without_command=True)
 @click.option("--since", help="From this time: 30m, 2h, 7d ago, or an ISO date/time.")
 @click.option("--until", help="Before this time (same forms).")
 @click.option("--person", help="Only this person.")
@@ -116,9 +116,17 @@ LOG_FIELDS = [
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
 @click.option("--csv", "as_csv", is_flag=True, help="Output CSV.")
-@pass_app
-def log_command(app: App, since, until, person, door, decision, limit, as_json, as_csv) -> None:
-    """Show logged access decisions, newest first."""
+@click.pass_context
+def log_command(ctx, since, until, person, door, decision, limit, as_json, as_csv) -> None:
+    """Show logged access decisions, newest first; check the log; apply retention."""
+    if ctx.invoked_subcommand:
+        if any((since, until, person, door, decision, as_json, as_csv)):
+            raise click.UsageError(
+                f"'gate log {ctx.invoked_subcommand}' takes no filter or format: "
+                "give those to 'gate log' alone"
+            )
+        return
+    app: App = ctx.find_object(App)
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
     events = app.db.events(
@@ -141,3 +149,45 @@ def log_command(app: App, since, until, person, door, decision, limit, as_json, 
             click.echo("no events")
         for event in events:
             echo_event(event)
+
+
+@log_command.command("verify")
+@pass_app
+def log_verify(app: App) -> None:
+    """Check the log's hash chain: report the first broken link (exit 1), if any.
+
+    Shows an event deleted or edited directly in the database. The last line
+    is the chain's head: note it elsewhere, and a rewrite of the whole chain
+    shows too.
+    """
+    found = app.db.verify_log()
+    if found.unchecked:
+        click.echo(f"{found.unchecked} event(s) logged before the chain existed: not checked")
+    if found.purged:
+        click.echo(f"{found.purged} older event(s) purged by retention (last {found.purged_at})")
+    if found.erased:
+        click.echo(f"{found.erased} event(s) with their person's name erased")
+    if not found.ok:
+        raise click.ClickException(f"log broken: {found.problem}")
+    span = f" (events {found.first_id} to {found.last_id})" if found.checked else ""
+    click.echo(f"log intact: {found.checked} event(s) checked{span}")
+    click.echo(f"head: {found.last_id or found.anchor_id} {found.head_hash}")
+
+
+@log_command.command("purge")
+@pass_app
+def log_purge(app: App) -> None:
+    """Apply [retention] now: forget old events, then old snapshots (gate run does it hourly)."""
+    from gate.retention import purge
+
+    retention = app.config.retention
+
+    def kept(days: int) -> str:
+        return "(kept for ever)" if days == 0 else f"older than {days} day(s)"
+
+    done = purge(app.db, retention)
+    click.echo(
+        f"purged {done.events} event(s) {kept(retention.events_days)}, "
+        f"{done.snapshots} snapshot(s) {kept(retention.snapshots_days)}, "
+        f"{done.stranger_snapshots} stranger snapshot(s) {kept(retention.stranger_snapshots_days)}"
+    )
