@@ -33,6 +33,7 @@ import numpy as np
 from gate.calibration import calibrate
 from gate.quality import SMALL_FACE_PX
 from gate_plugins._dlib import impostor_model
+from gate_plugins.nearest import person_means
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("fit", ROOT / "tools" / "fit_impostor_model.py")
@@ -172,7 +173,10 @@ def run_condition(cache: Path, condition: str, risk: float, reps: int, rng, det=
             )
             people = int(owners.max()) + 1
             ks = np.bincount(owners)
-            means = np.stack([emb_all[g][owners == p].mean(axis=0) for p in range(people)])
+            order = np.argsort(owners, kind="stable")
+            means = person_means(
+                emb_all[g][order], np.searchsorted(owners[order], np.arange(people))
+            )
             scores = {
                 "nearest": (
                     person_scores(emb_all[strangers], emb_all[g], owners, people),

@@ -75,6 +75,7 @@ class ImpostorModel:
     conditions: dict[str, ConditionModel]
     fitted_on: str = ""
     rule: str = "nearest"
+    radius: float | None = None  # embeddings are scaled to this length before matching
 
     @classmethod
     def load(cls, path: str | Path, rule: str = "nearest") -> ImpostorModel:
@@ -93,7 +94,8 @@ class ImpostorModel:
             )
             for name, c in data["rules"][rule].items()
         }
-        return cls(data["space"], conditions, data.get("fitted_on", ""), rule)
+        radius = data.get("radius")
+        return cls(data["space"], conditions, data.get("fitted_on", ""), rule, radius)
 
     def condition(self, name: str) -> ConditionModel:
         """The curves of ``name``, falling back on the strictest known condition."""
@@ -131,12 +133,22 @@ class ImpostorModel:
         return lo
 
 
+def normalise(embeddings: np.ndarray, radius: float | None) -> np.ndarray:
+    """Rows scaled to length ``radius`` (as they are when ``radius`` is None)."""
+    x = np.asarray(embeddings, np.float32)
+    if radius is None or x.size == 0:
+        return x
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x * (radius / np.maximum(norms, 1e-12))).astype(np.float32)
+
+
 def save_models(models: Sequence[ImpostorModel], path: str | Path) -> None:
     """Write the curves of several rules of one space to one JSON file."""
     grid = next(iter(models[0].conditions.values())).grid
     data = {
         "space": models[0].space,
         "fitted_on": models[0].fitted_on,
+        "radius": models[0].radius,
         "grid": [round(float(t), 4) for t in grid],
         "rules": {
             model.rule: {

@@ -24,6 +24,7 @@ import numpy as np
 
 from gate.components import Match
 from gate.config import DecisionConfig
+from gate.liveness import TrackFrame
 from gate.pipeline import Recognition
 from gate.tracking import Track, Tracker
 
@@ -43,7 +44,8 @@ class Outcome:
     match: Match | None = None  # the fused evidence's match
     threshold: float | None = None
     quality: float | None = None  # mean quality of the fused views
-    snapshot: object = None  # the picture of ``recognition`` the track kept, if any
+    snapshot: np.ndarray | None = None  # the picture of ``recognition`` the track kept
+    history: tuple[TrackFrame, ...] = ()  # the track's recent frames, for liveness checks
 
 
 class DoorDecider:
@@ -54,11 +56,11 @@ class DoorDecider:
         settings: DecisionConfig,
         judge: Judge,
         gap_s: float = 0.7,
-        snapshot: Callable[[np.ndarray, Recognition], object] | None = None,
+        crop: Callable[[np.ndarray, Recognition], np.ndarray] | None = None,
     ):
         self.settings = settings
         self.judge = judge
-        self.snapshot = snapshot
+        self.crop = crop
         self.tracker = Tracker(gap_s=gap_s, window=settings.window_frames)
         self._cooldown_until: dict[int, float] = {}
         self._next_denial = float("-inf")
@@ -69,16 +71,19 @@ class DoorDecider:
     ) -> list[Outcome]:
         """Take one frame's recognitions (``now`` in monotonic seconds); return decisions.
 
-        With ``image`` (the frame) and a ``snapshot`` function, each track keeps
-        a picture of its best view for the log, taken when that view is seen.
+        With ``image`` (the frame) and a ``crop`` function, each track keeps a
+        crop of its face in every frame (for liveness checks) and of its best
+        view (for the log).
         """
         faces = [r for r in recognitions if r.match is None or r.match.status != "too_small"]
         counts = [_counts(r) for r in faces]
         seen, ended = self.tracker.update(faces, now, counts)
-        if image is not None and self.snapshot is not None:
-            for track in seen:
+        if image is not None and self.crop is not None:
+            for track, counted in zip(seen, _counted(seen, faces, counts), strict=True):
+                crop = self.crop(image, track.latest)
+                track.history.append(TrackFrame(now, track.latest.face, crop, counted))
                 if track.snapshot is None or track.best is track.latest:
-                    track.snapshot = self.snapshot(image, track.latest)
+                    track.snapshot = crop
         outcomes = [o for track in ended if (o := self._end(track, now)) is not None]
         ready = []
         for track in seen:
@@ -129,7 +134,14 @@ class DoorDecider:
             threshold=limit,
             quality=float(np.mean(quality)) if quality else None,
             snapshot=track.snapshot,
+            history=tuple(track.history),
         )
+
+
+def _counted(seen: list[Track], faces: list[Recognition], counts: list[bool]) -> list[bool]:
+    """Whether each seen track's face in this frame was a good view."""
+    by_face = {id(face): count for face, count in zip(faces, counts, strict=True)}
+    return [by_face.get(id(track.latest), False) for track in seen]
 
 
 def _counts(rec: Recognition) -> bool:

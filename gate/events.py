@@ -21,6 +21,8 @@ REASONS = {
     "disabled": "the person is disabled",
     "anti_passback": "already inside this area: no second entry before an exit",
     "policy_error": "the access policy failed, so the door stays shut",
+    "presentation_attack": "a liveness check took the face for a photo, a screen or a mask",
+    "liveness_error": "the liveness check failed, so the door stays shut",
     "manual": "unlocked by hand from the command line",
     "remote": "unlocked from home automation",
     "lock": "locked by hand or from home automation",

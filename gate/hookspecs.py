@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from gate.access import AccessRequest, Verdict
     from gate.components import Actuator, Detector, Encoder, Matcher
     from gate.events import AccessEvent
+    from gate.liveness import LivenessVerdict, TrackFrame
 
 hookspec = pluggy.HookspecMarker("gate")
 hookimpl = pluggy.HookimplMarker("gate")
@@ -88,4 +89,19 @@ def access_policy(request: AccessRequest) -> Verdict | None:
     (``gate_plugins.rules``) run last (``trylast``), so a plugin can veto
     ("deny everyone while the alarm is armed") or allow ahead of them, or wrap
     them with ``wrapper=True``. An exception, or no answer at all, denies.
+    """
+
+
+@hookspec
+def presentation_attack(
+    door: str, person_id: int, frames: list[TrackFrame]
+) -> LivenessVerdict | None:
+    """Check a face track for a presentation attack (a photo, a screen, a mask) before a grant.
+
+    Called once per track that the recognition would grant, before the access
+    policy, with the track's recent frames (oldest first). Every
+    implementation is asked; return a :class:`gate.liveness.LivenessVerdict`,
+    or None to abstain. One ``attack`` verdict denies the grant (reason
+    ``presentation_attack``), and so does an exception (``liveness_error``):
+    a liveness check that fails never lets anyone in.
     """

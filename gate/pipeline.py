@@ -9,7 +9,7 @@ from functools import cached_property
 import numpy as np
 from pydantic import ValidationError
 
-from gate.calibration import Calibration, calibrate
+from gate.calibration import Calibration, ImpostorModel, calibrate, normalise
 from gate.components import Actuator, Component, Detector, Encoder, Face, Match, Matcher
 from gate.config import GateConfig, config_origin, describe_errors
 from gate.context import Context
@@ -125,19 +125,35 @@ class Pipeline:
         """The strictest distance in force (per image condition, see :attr:`calibration`)."""
         return min(self.calibration.thresholds.values())
 
+    @cached_property
+    def impostor_model(self) -> ImpostorModel | None:
+        """The encoder's impostor model for the matcher's rule (None: no risk can be stated)."""
+        return self.encoder.impostor_model(getattr(self.matcher, "rule", "nearest"))
+
+    def normalise(self, embeddings: np.ndarray) -> np.ndarray:
+        """Embeddings as the matcher compares them: scaled to the impostor model's radius.
+
+        The length of a dlib embedding varies from photo to photo and says little
+        about who it is; on a common radius strangers and enrolled people
+        separate better (docs/open-set.md). Without a model they stay as they are.
+        """
+        model = self.impostor_model
+        return normalise(embeddings, model.radius if model is not None else None)
+
     def fit(self, embeddings: np.ndarray, person_ids: np.ndarray) -> Calibration:
         """Give the matcher these templates and calibrate the thresholds for them."""
+        embeddings = self.normalise(embeddings)
         self.matcher.fit(embeddings, person_ids)
         return self.recalibrate(embeddings, person_ids)
 
     def recalibrate(
         self, embeddings: np.ndarray, person_ids: np.ndarray, override: float | None = None
     ) -> Calibration:
-        """Thresholds for this gallery at the stated risk (or for a fixed ``override``)."""
+        """Thresholds for this gallery (normalised) at the stated risk, or a fixed ``override``."""
         r = self.config.recognition
         override = override if override is not None else r.threshold
         calibration = calibrate(
-            self.encoder.impostor_model(getattr(self.matcher, "rule", "nearest")),
+            self.impostor_model,
             embeddings,
             person_ids,
             r.stranger_acceptance,
@@ -283,7 +299,7 @@ class Pipeline:
             if face.size < smallest
         ]
         if usable:
-            embeddings = (encoder or self.encoder).encode(image, usable)
+            embeddings = self.normalise((encoder or self.encoder).encode(image, usable))
             qualities = [measure(image, face) for face in usable]
             matches = self.match(embeddings, qualities, threshold=threshold, min_margin=min_margin)
             out[:0] = [

@@ -21,6 +21,8 @@ from gate.pipeline import Recognition
 MIN_IOU = 0.2
 #: ... unless its embedding is this far from the track's last one (someone else took the place)
 MAX_CHANGE = 0.55
+#: frames of a track kept for liveness checks
+HISTORY = 30
 #: a face that overlaps no track joins the nearest one in embedding space within this
 MAX_JOIN_DISTANCE = 0.45
 #: ... if its box centre is within this many face widths of the track's last box
@@ -59,7 +61,8 @@ class Track:
     best: Recognition | None = None  # the best-quality face seen (for the log's snapshot)
     missed: int = 0  # frames since its face was last seen
     granted: int | None = None  # the person it was granted as
-    snapshot: object = None  # a picture of the best view, kept by whoever logs the track
+    snapshot: np.ndarray | None = None  # a picture of the best view, for the log
+    history: deque = field(default_factory=lambda: deque(maxlen=HISTORY))  # TrackFrames
     _views: deque = field(default_factory=deque)  # (embedding, weight, recognition)
     _last_embedding: np.ndarray | None = None
 

@@ -19,11 +19,24 @@ class NearestOptions(StrictOptions):
     )
 
 
+def person_means(templates: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Each person's mean template, scaled to the mean length of their templates.
+
+    Averaging shortens a vector; scaled back, the mean sits among the person's
+    templates rather than inside them (the normalised mean).
+    """
+    counts = np.diff(np.append(starts, len(templates)))
+    sums = np.add.reduceat(templates, starts, axis=0)
+    lengths = np.add.reduceat(np.linalg.norm(templates, axis=1), starts) / counts
+    norms = np.linalg.norm(sums, axis=1)
+    return sums * (lengths / np.maximum(norms, 1e-12))[:, None]
+
+
 class NearestMatcher(Matcher):
     """Distances to all templates in one matrix product; per person, one score.
 
-    A person's score is the distance to the mean of their templates (default)
-    or to their nearest template (``per_person = "nearest"``).
+    A person's score is the distance to the normalised mean of their templates
+    (default) or to their nearest template (``per_person = "nearest"``).
 
     A face matches when its nearest person is within ``threshold`` (one for
     all faces, or one per face) and the
@@ -46,8 +59,7 @@ class NearestMatcher(Matcher):
         templates = np.ascontiguousarray(embeddings[order], dtype=np.float64)
         people, starts = np.unique(np.asarray(person_ids)[order], return_index=True)
         if self.rule == "mean" and len(people):
-            counts = np.diff(np.append(starts, len(templates)))
-            templates = np.add.reduceat(templates, starts, axis=0) / counts[:, None]
+            templates = person_means(templates, starts)
             starts = np.arange(len(people))
         self._index = (templates, people, starts, (templates**2).sum(axis=1))
 

@@ -60,17 +60,24 @@ def test_grey_and_small_faces_get_a_stricter_threshold_than_colour():
 def test_enrolling_and_removing_people_moves_the_threshold(tmp_path, bbt):
     pipeline = make_pipeline()
     db = GateDB(tmp_path / "gate.db")
-    thresholds = []
+    thresholds, model_part = [], []
     for name, photos in bbt.items():
         assert enroll(db, pipeline, name, photos, skip_refused=True).stored
         pipeline.load_templates(db)
-        thresholds.append(pipeline.calibration.threshold("colour"))
-    assert all(b < a for a, b in itertools.pairwise(thresholds))
+        cal = pipeline.calibration
+        thresholds.append(cal.threshold("colour"))
+        model_part.append(cal.threshold("colour") - cal.site_shift["colour"])
+    # each person enrolled lowers the model's distance; the site's own people may only
+    # lower it further (their shift is never positive)
+    assert all(b < a for a, b in itertools.pairwise(model_part))
+    assert all(t <= m for t, m in zip(thresholds, model_part, strict=True))
     for name in list(bbt)[:4]:
         db.remove_person(name)
     pipeline.load_templates(db)
     assert pipeline.calibration.people == len(bbt) - 4
-    assert pipeline.calibration.threshold("colour") == pytest.approx(thresholds[len(bbt) - 5])
+    after = pipeline.calibration.threshold("colour") - pipeline.calibration.site_shift["colour"]
+    assert after > model_part[-1]  # fewer people: a looser distance again
+    assert after == pytest.approx(model_part[3], abs=0.003)  # as for four people enrolled
     pipeline.close()
 
 

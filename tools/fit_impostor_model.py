@@ -35,14 +35,19 @@ from gate.calibration import (
     SITE_QUANTILE,
     ConditionModel,
     ImpostorModel,
+    normalise,
     save_models,
 )
+from gate_plugins.nearest import person_means
 
 GRID = np.round(np.arange(0.20, 0.8001, 0.0025), 4)
 #: which cached set stands for each condition
 SOURCES = {"colour": "colour", "grey": "grey", "colour-small": "colour-far",
            "grey-small": "grey-far"}  # fmt: skip
 FITTED_ON = "LFW View 1, fit half of the people (crc32(name) even)"
+#: embeddings are matched at this length: about dlib's typical one (median 1.42 on View 1),
+#: so distances keep dlib's familiar scale
+RADIUS = 1.414
 #: fewer pairs than this below a grid point: the tail fit takes over
 RELIABLE = 40
 #: the confidence of the upper bound on F (one-sided)
@@ -55,11 +60,12 @@ def lfw_half(name: str) -> str:
 
 
 def load(cache: Path, condition: str, half: str | None = None):
+    """The cached embeddings (scaled to :data:`RADIUS`, as gate matches them) and labels."""
     data = np.load(cache / f"lfw-{condition}.npz")
     labels = data["label"]
     keep = np.ones(len(labels), bool) if half is None else np.array(
         [lfw_half(n) == half for n in labels])  # fmt: skip
-    return data["embedding"][keep].astype(np.float64), labels[keep]
+    return normalise(data["embedding"][keep], RADIUS).astype(np.float64), labels[keep]
 
 
 def distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -71,7 +77,7 @@ def scores_to(emb, d, pick, rule):
     """Every face's score against one person enrolled with the faces ``pick``."""
     if rule == "nearest" or len(pick) == 1:
         return d[:, pick].min(axis=1)
-    centre = emb[pick].mean(axis=0)
+    centre = person_means(emb[pick], np.array([0]))[0]
     return np.sqrt(((emb - centre) ** 2).sum(axis=1))
 
 
@@ -198,7 +204,7 @@ def main() -> None:
     for rule in RULES:
         conditions = {name: fit_condition(args.cache, source, rule, rng)
                       for name, source in SOURCES.items()}  # fmt: skip
-        models.append(ImpostorModel("dlib-resnet-v1", conditions, FITTED_ON, rule))
+        models.append(ImpostorModel("dlib-resnet-v1", conditions, FITTED_ON, rule, RADIUS))
     save_models(models, args.out)
     print(f"wrote {args.out}")
 

@@ -149,7 +149,7 @@ def verify(app: App, first: str, second: str, as_json: bool) -> None:
         if not faces:
             raise click.ClickException(f"{path}: no face")
         face = max(faces, key=lambda f: f.size)
-        vectors.append(app.pipeline.encoder.encode(pixels, [face])[0])
+        vectors.append(app.pipeline.normalise(app.pipeline.encoder.encode(pixels, [face]))[0])
     distance = float(np.linalg.norm(vectors[0] - vectors[1]))
     threshold = app.pipeline.threshold
     same = distance <= threshold
