@@ -130,19 +130,40 @@ class MqttConfig(Section):
     username: str | None = None
     password: SecretStr | None = Field(None, description="Or set GATE_MQTT_PASSWORD.")
     tls: bool = False
-    ca_certs: Path | None = None
+    ca_certs: Path | None = Field(None, description="CA the broker's certificate must chain to.")
+    certfile: Path | None = Field(None, description="Client certificate (PEM), for TLS.")
+    keyfile: Path | None = Field(None, description="Its private key, if not in certfile.")
+    tls_version: Literal["1.2", "1.3"] = Field("1.2", description="Lowest TLS version accepted.")
     client_id: str = Field("gate", min_length=1, max_length=64)
     topic_prefix: str = Field("gate", min_length=1, pattern=r"^[^#+]+$")
-    keepalive_s: int = Field(30, ge=5, le=3600)
+    keepalive_s: int = Field(
+        5, ge=2, le=3600, description="Short: a frozen broker is dropped, not waited for."
+    )
     ack_timeout_s: float = Field(1.0, gt=0, le=30, description="Wait this long for a PUBACK.")
     connect_wait_s: float = Field(
-        5.0, ge=0, le=120, description="At start, wait this long for the broker before going on."
+        5.0, ge=0, le=120, description="At start, wait this long for the broker."
+    )
+    required: bool = Field(
+        True,
+        description="gate run stops at start without the broker; false: it decides anyway, "
+        "and says that unlocks cannot be delivered.",
     )
 
     @model_validator(mode="after")
     def _password_from_env(self) -> MqttConfig:
         if self.password is None and os.environ.get("GATE_MQTT_PASSWORD"):
             self.password = SecretStr(os.environ["GATE_MQTT_PASSWORD"])
+        return self
+
+    @model_validator(mode="after")
+    def _tls_settings_need_tls(self) -> MqttConfig:
+        given = [k for k in ("ca_certs", "certfile", "keyfile") if getattr(self, k) is not None]
+        if given and not self.tls:
+            raise ValueError(f"{', '.join(given)} need tls = true")
+        if self.keyfile is not None and self.certfile is None:
+            raise ValueError("keyfile needs certfile")
+        if self.tls and self.host is None:
+            raise ValueError("tls needs a host: the embedded broker listens on loopback, plain")
         return self
 
 

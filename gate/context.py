@@ -36,25 +36,39 @@ class Context:
         self._broker = None
 
     def mqtt_link(self) -> MqttLink:
-        """The MQTT link, connecting in the background; starts the embedded broker if needed."""
+        """The MQTT link, connecting in the background; starts the embedded broker if needed.
+
+        The embedded broker's password is kept in the key folder (see
+        :mod:`gate.broker`); the CLI finds the running gate's broker with it.
+        """
         if self._link is None:
             mqtt = self.config.mqtt
-            host = mqtt.host
-            if host is None and not self.embedded_broker:
-                host = "127.0.0.1"
-            elif host is None:
-                from gate.broker import EmbeddedBroker
+            host, credentials = mqtt.host, None
+            if host is None:
+                from gate.broker import EMBEDDED_USER, EmbeddedBroker, broker_password
+                from gate.signing import keys_folder
 
                 host = "127.0.0.1"
-                try:
-                    self._broker = EmbeddedBroker(host, mqtt.port).start()
-                except RuntimeError as exc:
-                    raise ComponentError(
-                        f"{exc}; set [mqtt] host to use a broker already on port {mqtt.port}, "
-                        "or choose another [mqtt] port"
-                    ) from None
-                logger.info("no MQTT broker configured: embedded broker on %s:%s", host, mqtt.port)
-            self._link = MqttLink(mqtt, host, mqtt.port)
+                folder = keys_folder(self.config, self.db_path)
+                password = broker_password(folder, create=self.embedded_broker)
+                if password is None:
+                    logger.warning(
+                        "no embedded MQTT broker password in %s: is gate running?", folder
+                    )
+                else:
+                    credentials = (EMBEDDED_USER, password)
+                if self.embedded_broker:
+                    try:
+                        self._broker = EmbeddedBroker(host, mqtt.port, password=password).start()
+                    except RuntimeError as exc:
+                        raise ComponentError(
+                            f"{exc}; set [mqtt] host to use a broker already on port {mqtt.port}, "
+                            "or choose another [mqtt] port"
+                        ) from None
+                    logger.info(
+                        "no MQTT broker configured: embedded broker on %s:%s", host, mqtt.port
+                    )
+            self._link = MqttLink(mqtt, host, mqtt.port, credentials=credentials)
             self._link.start()
         return self._link
 

@@ -222,6 +222,7 @@ class Controller:
         relock_s: float = 5.0,
         state_file: Path | None = None,
         client_id: str | None = None,
+        credentials: tuple[str, str | None] | None = None,
     ):
         self.config, self.door, self.key = config, door, key
         self.relay = relay or PrintRelay(door)
@@ -238,29 +239,23 @@ class Controller:
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self._client = self._make_client(client_id or f"{config.client_id}-controller-{door}")
+        client_id = client_id or f"{config.client_id}-controller-{door}"
+        self._client = self._make_client(client_id, credentials)
 
-    def _make_client(self, client_id: str):
-        import paho.mqtt.client as mqtt
+    def _make_client(self, client_id: str, credentials: tuple[str, str | None] | None):
+        from gate.mqtt import make_client
 
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311
-        )
-        if self.config.username:
-            password = self.config.password
-            client.username_pw_set(
-                self.config.username, password.get_secret_value() if password else None
-            )
-        if self.config.tls:
-            import ssl
-
-            ca = str(self.config.ca_certs) if self.config.ca_certs else None
-            client.tls_set(ca_certs=ca, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client = make_client(self.config, client_id, credentials)
         client.on_connect = self._on_connect
         client.on_subscribe = lambda *args: self._subscribed.set()
-        client.on_message = lambda c, u, message: self.handle(message.payload, message.retain)
+        client.on_message = self._on_message
         return client
+
+    def _on_message(self, client, userdata, message) -> None:
+        if message.topic != self.command_topic:  # brokers may hand out others' retained messages
+            logger.debug("ignoring a message on %s", message.topic)
+            return
+        self.handle(message.payload, message.retain)
 
     def start(self, wait_s: float = 10.0) -> bool:
         """Connect in the background; True once subscribed within ``wait_s``."""

@@ -30,11 +30,28 @@ def default_db_path() -> Path:
     return Path(user_data_dir("gate")) / "gate.db"
 
 
+#: Unicode categories refused in names: control, format (zero-width, bidi), surrogate,
+#: private, unassigned, line and paragraph separators
+_HIDDEN = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
+
+
 def check_name(name: str) -> str:
-    """A person's or door's name, trimmed; refuses empty or control characters."""
+    """A person's or door's name, trimmed; refuses empty, control, invisible and bidi characters.
+
+    Zero-width and direction-changing characters (categories Cf, and the
+    like) would let two names look the same, or one look like another.
+    """
+    import unicodedata
+
     clean = name.strip()
-    if not clean or len(clean) > 100 or any(ord(c) < 32 for c in clean):
+    if not clean or len(clean) > 100:
         raise StoreError(f"invalid name {name!r}: 1 to 100 printable characters")
+    hidden = [c for c in clean if unicodedata.category(c) in _HIDDEN]
+    if hidden:
+        codes = ", ".join(f"U+{ord(c):04X}" for c in dict.fromkeys(hidden))
+        raise StoreError(
+            f"invalid name {name!r}: no control, zero-width or direction characters ({codes})"
+        )
     return clean
 
 

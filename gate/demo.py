@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import tempfile
 import threading
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from gate.broker import EmbeddedBroker, free_port
+from gate.broker import EMBEDDED_USER, EmbeddedBroker, free_port
 from gate.config import parse_config
 from gate.database import GateDB
 from gate.doors import doors_for_run
@@ -28,18 +29,21 @@ def sample_path(*parts: str) -> Path:
     return Path(str(resources.files("gate").joinpath("samples", *parts)))
 
 
-def _watch(port: int, prefix: str) -> tuple[object, threading.Event]:
+def _watch(port: int, prefix: str, password: str) -> tuple[object, threading.Event]:
     """A plain MQTT client that prints every message under ``prefix/#``."""
     import paho.mqtt.client as mqtt
 
     ready = threading.Event()
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gate-demo-watcher")
+    client.username_pw_set(EMBEDDED_USER, password)
 
     def on_connect(c, userdata, flags, reason_code, properties):
         if not reason_code.is_failure:
             c.subscribe(f"{prefix}/#", qos=1)
 
     def on_message(c, userdata, message):
+        if not mqtt.topic_matches_sub(f"{prefix}/#", message.topic):
+            return  # amqtt hands out retained messages of others' subscriptions
         payload = message.payload.decode("utf-8", "replace")
         with contextlib.suppress(ValueError):
             payload = json.dumps(json.loads(payload), sort_keys=True)
@@ -64,15 +68,14 @@ def run_demo(
     with tempfile.TemporaryDirectory(prefix="gate-demo-") as tmp:
         root = workdir or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        port = free_port()
-        config = parse_config(
-            {"mqtt": {"host": "127.0.0.1", "port": port, "client_id": "gate-demo"}},
-            origin="demo",
-        )
+        port, password = free_port(), secrets.token_hex(16)
+        mqtt = {"host": "127.0.0.1", "port": port, "client_id": "gate-demo"}
+        mqtt |= {"username": EMBEDDED_USER, "password": password}
+        config = parse_config({"mqtt": mqtt}, origin="demo")
         db = GateDB(root / "demo.db")
         pipeline = Pipeline(config, plugin_manager().registry)
-        with EmbeddedBroker("127.0.0.1", port):
-            watcher, ready = _watch(port, config.mqtt.topic_prefix)
+        with EmbeddedBroker("127.0.0.1", port, password=password):
+            watcher, ready = _watch(port, config.mqtt.topic_prefix, password)
             try:
                 ready.wait(5)
                 kept = "" if workdir else " (temporary: --workdir DIR keeps it)"

@@ -6,11 +6,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gate.database import GateDB, Template
-from gate.errors import ImageError
-from gate.images import encode_jpeg, face_region, face_to_json, read_image
+import numpy as np
+
+from gate.database import GateDB, Template, check_name
+from gate.errors import ComponentError, ImageError
+from gate.images import encode_jpeg, face_region, face_to_json, grey_tail, read_image
 from gate.pipeline import Pipeline
-from gate.quality import measure
+from gate.quality import FaceQuality, measure
+
+#: flat grey pixels at an image's end that mark it as truncated (decoders fill with grey)
+GREY_TAIL_PX = 64
 
 
 @dataclass(frozen=True)
@@ -23,11 +28,21 @@ class Refusal:
 
 def examine(pipeline: Pipeline, path: str | Path) -> Template | Refusal:
     """Check one photo: exactly one usable face, big and sharp enough; then encode it."""
+    verdict = _examine(pipeline, path)
+    return verdict if isinstance(verdict, Refusal) else verdict[0]
+
+
+def _examine(pipeline: Pipeline, path: str | Path) -> tuple[Template, FaceQuality] | Refusal:
+    """:func:`examine`, with the face's quality kept for matching it."""
     rules = pipeline.config.enrollment
     try:
         image = read_image(path)
     except ImageError as exc:
         return Refusal(str(path), str(exc).removeprefix(f"{path}: "))
+    if grey_tail(image.pixels) >= GREY_TAIL_PX:
+        return Refusal(
+            str(path), "truncated or damaged: the image ends in flat grey; use an intact copy"
+        )
     faces = pipeline.detector.detect(image.pixels)
     if not faces:
         return Refusal(str(path), "no face found")
@@ -59,7 +74,7 @@ def examine(pipeline: Pipeline, path: str | Path) -> Template | Refusal:
     encoder = pipeline.encoder
     vector = encoder.encode(image.pixels, [face])[0]
     crop, crop_face = face_region(image.pixels, face, pad=0.6, face_px=300)
-    return Template(
+    template = Template(
         embedding=vector,
         encoder=encoder.name,
         encoder_version=encoder.version,
@@ -74,6 +89,47 @@ def examine(pipeline: Pipeline, path: str | Path) -> Template | Refusal:
         grey=quality.grey,
         detector_score=face.score,
     )
+    return template, quality
+
+
+def look_alikes(
+    db: GateDB, pipeline: Pipeline, name: str, faces: list[tuple[str, Template, FaceQuality]]
+) -> list[Refusal]:
+    """Refusals for the faces that match someone other than ``name``.
+
+    The faces are matched against everyone else enrolled with the pipeline's
+    matcher and the threshold calibrated for them (leaves the matcher fitted
+    on everyone else).
+    """
+    if not faces:
+        return []
+    embeddings, person_ids = db.load_templates(pipeline.encoder.space)
+    own = db.person(name)
+    if own is not None:
+        keep = person_ids != own["id"]
+        embeddings, person_ids = embeddings[keep], person_ids[keep]
+    if not len(embeddings):
+        return []
+    if embeddings.shape[1] != pipeline.encoder.dim:
+        raise ComponentError(
+            f"templates have {embeddings.shape[1]} dimensions, encoder "
+            f"{pipeline.encoder.name!r} makes {pipeline.encoder.dim}"
+        )
+    pipeline.fit(embeddings, person_ids)
+    vectors = np.stack([template.embedding for _, template, _ in faces])
+    matches = pipeline.match(vectors, [quality for _, _, quality in faces], min_margin=0.0)
+    names = db.names()
+    refusals = []
+    for (source, _, _), (match, limit) in zip(faces, matches, strict=True):
+        if match.candidate_id is not None and match.distance <= limit:
+            refusals.append(
+                Refusal(
+                    source,
+                    f"looks like {names[match.candidate_id]} ({match.distance:.2f}): "
+                    "--force to enroll anyway",
+                )
+            )
+    return refusals
 
 
 @dataclass
@@ -94,22 +150,32 @@ def enroll(
     paths: Iterable[str | Path],
     *,
     skip_refused: bool = False,
+    force: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> EnrollResult:
-    """Examine every photo, then store all templates in one transaction.
+    """Check the name, examine every photo, then store all templates in one transaction.
 
+    A face that matches someone else enrolled is refused, unless ``force``.
     With any refusal nothing is stored, unless ``skip_refused`` (then the
     accepted photos are, as long as there is at least one).
     """
+    name = check_name(name)
     result = EnrollResult(name, [], [])
+    faces = []
     for path in paths:
-        verdict = examine(pipeline, path)
+        verdict = _examine(pipeline, path)
         if isinstance(verdict, Refusal):
             result.refusals.append(verdict)
         else:
-            result.accepted.append(verdict)
+            faces.append((str(path), *verdict))
         if progress:
             progress(str(path))
+    alike = {} if force else {r.source: r for r in look_alikes(db, pipeline, name, faces)}
+    for source, template, _ in faces:
+        if source in alike:
+            result.refusals.append(alike[source])
+        else:
+            result.accepted.append(template)
     if result.accepted and (skip_refused or not result.refusals):
         _, result.added = db.enroll(name, result.accepted)
         result.stored = True

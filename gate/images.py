@@ -16,11 +16,17 @@ from gate.errors import ImageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 
+#: The most pixels gate decodes: a larger image is refused from its header, before decoding.
+MAX_PIXELS = 50_000_000
+_SCALE_DOWN = f"at most {MAX_PIXELS // 1_000_000} megapixels are decoded: scale it down"
+
 
 @cache
 def cv2():
     """OpenCV, imported on first use with its warnings kept quiet."""
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg quiet: we report errors
+    # OpenCV's own limit, read at import: a second wall for formats Pillow cannot size
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
     import cv2 as _cv2
 
     _cv2.utils.logging.setLogLevel(_cv2.utils.logging.LOG_LEVEL_ERROR)
@@ -45,17 +51,44 @@ def _looks_truncated(data: bytes) -> str | None:
     return None
 
 
+def _too_large(data: bytes) -> str | None:
+    """Why an image has too many pixels to decode, read from its header alone; None if not."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:  # reads the header only
+                width, height = image.size
+    except Image.DecompressionBombError:  # Pillow's own hard limit, far above gate's
+        over = 2 * (Image.MAX_IMAGE_PIXELS or 0) // 1_000_000
+        return f"image too large (over {over} megapixels; {_SCALE_DOWN})"
+    except Exception:  # Pillow cannot size it: OpenCV's own limit still applies
+        return None
+    if width * height > MAX_PIXELS:
+        return f"image too large ({width}x{height} pixels; {_SCALE_DOWN})"
+    return None
+
+
 def decode_image(data: bytes, name: str) -> np.ndarray:
-    """Decode image bytes to BGR uint8; EXIF orientation applied, alpha dropped."""
+    """Decode image bytes to BGR uint8; EXIF orientation applied, alpha dropped.
+
+    Images of more than :data:`MAX_PIXELS` are refused before decoding.
+    """
     if not data:
         raise ImageError(f"{name}: empty file")
-    problem = _looks_truncated(data)
+    problem = _looks_truncated(data) or _too_large(data)
     if problem:
         raise ImageError(f"{name}: {problem}")
     cv = cv2()
     try:
         pixels = cv.imdecode(np.frombuffer(data, np.uint8), cv.IMREAD_COLOR)
-    except cv.error:
+    except cv.error as exc:
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
+            raise ImageError(f"{name}: image too large ({_SCALE_DOWN})") from None
         pixels = None
     if pixels is None or pixels.size == 0:
         raise ImageError(f"{name}: not an image, or corrupt")
@@ -73,6 +106,17 @@ def read_image(path: str | Path) -> LoadedImage:
         raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
     pixels = decode_image(data, str(path))
     return LoadedImage(pixels, path.name, hashlib.sha256(data).hexdigest())
+
+
+def grey_tail(pixels: np.ndarray) -> int:
+    """How many pixels at the end, in reading order, are flat mid-grey.
+
+    Decoders fill what a truncated JPEG lacks with that grey (128), also when
+    a forged end marker hides the truncation.
+    """
+    flat = (np.abs(pixels.astype(np.int16) - 128) <= 1).all(axis=-1).ravel()
+    other = np.flatnonzero(~flat)
+    return int(flat.size if other.size == 0 else flat.size - 1 - other[-1])
 
 
 def as_bgr(image: np.ndarray) -> np.ndarray:

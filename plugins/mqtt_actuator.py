@@ -16,6 +16,7 @@ from pydantic import Field
 
 from gate import hookimpl
 from gate.components import Actuator, StrictOptions
+from gate.errors import ComponentError
 from gate.signing import KeyStore, KeyStoreError, keys_folder
 
 logger = logging.getLogger("gate.mqtt")
@@ -35,10 +36,31 @@ class MqttActuator(Actuator):
         )
 
     def start(self) -> None:
+        """Connect; a run (doors given) without its broker stops here unless not ``required``.
+
+        A one-off command (the CLI) goes on instead and is logged as not delivered.
+        """
         self.link = self.context.mqtt_link()
-        wait = self.context.config.mqtt.connect_wait_s
-        if not self.link.wait_connected(wait):
-            logger.warning("MQTT broker not reachable after %.0f s; going on, retrying", wait)
+        settings = self.context.config.mqtt
+        if not settings.required:
+            logger.warning(
+                "[mqtt] required = false: gate runs on without its broker, unlocks undelivered"
+            )
+        if self.link.wait_ready(settings.connect_wait_s):
+            return
+        problem = self.link.problem or (
+            f"MQTT broker {self.link.host}:{self.link.port} not reachable "
+            f"after {settings.connect_wait_s:g} s"
+        )
+        if settings.required and self.context.doors:
+            raise ComponentError(
+                f"{problem}: no unlock could be delivered, so gate does not start "
+                "([mqtt] required = false runs it anyway)"
+            )
+        logger.error(
+            "%s: UNLOCKS CANNOT BE DELIVERED; gate goes on deciding and logging, and retries",
+            problem,
+        )
 
     @cached_property
     def keys(self) -> KeyStore:

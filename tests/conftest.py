@@ -37,14 +37,18 @@ def _mosquitto_binary() -> str | None:
 
 
 class Mosquitto:
-    """A real mosquitto on 127.0.0.1, on a port of its own, that tests may stop and restart."""
+    """A real mosquitto on 127.0.0.1, on a port of its own, that tests may stop and restart.
 
-    def __init__(self, binary: str, workdir: Path):
+    ``settings`` are more lines of mosquitto.conf for that listener (TLS, users, ACL).
+    """
+
+    def __init__(self, binary: str, workdir: Path, settings: str = "allow_anonymous true\n"):
         self.binary = binary
         self.port = free_port()
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "user root\npersistence false\n"  # as root: no drop to 'mosquitto' (tmp files)
+            f"listener {self.port} 127.0.0.1\n{settings}"
         )
         self.proc: subprocess.Popen | None = None
 
@@ -83,16 +87,102 @@ def mosquitto(tmp_path: Path):
     broker.stop()
 
 
-class Subscriber:
-    """A plain paho client recording every message under a topic filter."""
+def openssl(*args: str | Path, cwd: Path) -> None:
+    subprocess.run(["openssl", *map(str, args)], cwd=cwd, check=True, capture_output=True)
 
-    def __init__(self, port: int, topic: str = "#"):
+
+#: a fresh P-256 key, unencrypted
+NEW_KEY = ("-newkey", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+
+
+def make_ca(folder: Path, name: str) -> None:
+    """``name.crt`` and ``name.key``: a certificate authority for one test session."""
+    subject = f"/CN=gate test {name}"
+    openssl("req", "-x509", *NEW_KEY, "-keyout", f"{name}.key", "-out", f"{name}.crt",
+            "-days", "2", "-subj", subject, cwd=folder)  # fmt: skip
+
+
+def issue(folder: Path, ca: str, name: str, extensions: str) -> None:
+    """``name.crt`` and ``name.key`` signed by ``ca``."""
+    (folder / f"{name}.ext").write_text(extensions + "\n")
+    openssl("req", *NEW_KEY, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN={name}", cwd=folder)  # fmt: skip
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+            "-CAcreateserial", "-out", f"{name}.crt", "-days", "2",
+            "-extfile", f"{name}.ext", cwd=folder)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory) -> Path:
+    """A CA with a server certificate for 127.0.0.1 and a client one (``gate``), and a
+    second CA (``rogue``) with a client certificate of its own: made with openssl."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    make_ca(folder, "ca")
+    issue(folder, "ca", "server", "subjectAltName=IP:127.0.0.1,DNS:localhost")
+    issue(folder, "ca", "gate", "extendedKeyUsage=clientAuth")
+    make_ca(folder, "rogue")
+    issue(folder, "rogue", "intruder", "extendedKeyUsage=clientAuth")
+    return folder
+
+
+#: users of the secure broker and their passwords
+USERS = {"gate": "gate-s3cret", "watcher": "watch-s3cret"}
+
+
+@pytest.fixture
+def secure_mosquitto(tmp_path: Path, certificates: Path):
+    """A real mosquitto on TLS only, asking for a client certificate from ``certificates``' CA,
+    with users (:data:`USERS`) in a password file and an ACL; nobody anonymous."""
+    binary = _mosquitto_binary()
+    passwd_tool = shutil.which("mosquitto_passwd")
+    if binary is None or passwd_tool is None:
+        if os.environ.get("GATE_REQUIRE_MOSQUITTO"):
+            pytest.fail("mosquitto (and mosquitto_passwd) are required here but not installed")
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    passwd = tmp_path / "passwd"
+    for user, password in USERS.items():
+        create = ["-c"] if not passwd.exists() else []
+        subprocess.run([passwd_tool, *create, "-b", str(passwd), user, password], check=True)
+    acl = tmp_path / "acl"
+    acl.write_text("user gate\ntopic readwrite gate/#\n\nuser watcher\ntopic read gate/#\n")
+    settings = (
+        f"allow_anonymous false\npassword_file {passwd}\nacl_file {acl}\n"
+        f"cafile {certificates / 'ca.crt'}\ncertfile {certificates / 'server.crt'}\n"
+        f"keyfile {certificates / 'server.key'}\nrequire_certificate true\n"
+    )
+    broker = Mosquitto(binary, tmp_path, settings).start()
+    yield broker
+    broker.stop()
+
+
+def client_tls(certificates: Path, name: str = "gate"):
+    """An SSL context trusting the test CA, presenting client certificate ``name``."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(certificates / "ca.crt"))
+    context.load_cert_chain(str(certificates / f"{name}.crt"), str(certificates / f"{name}.key"))
+    return context
+
+
+class Subscriber:
+    """A plain paho client recording every message under a topic filter.
+
+    ``login`` is ``(user, password)``; ``tls`` an SSL context (see :func:`client_tls`).
+    """
+
+    def __init__(self, port: int, topic: str = "#", login=None, tls=None):
         import paho.mqtt.client as mqtt
 
         self.messages: list[tuple[str, bytes, bool, float]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        if login is not None:
+            self.client.username_pw_set(*login)
+        if tls is not None:
+            self.client.tls_set_context(tls)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = self._on_message
@@ -127,8 +217,8 @@ def subscribe():
     """``subscribe(port, topic)`` -> a recording :class:`Subscriber`, closed after the test."""
     made: list[Subscriber] = []
 
-    def make(port: int, topic: str = "#") -> Subscriber:
-        sub = Subscriber(port, topic)
+    def make(port: int, topic: str = "#", login=None, tls=None) -> Subscriber:
+        sub = Subscriber(port, topic, login, tls)
         made.append(sub)
         return sub
 

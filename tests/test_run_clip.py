@@ -1,5 +1,6 @@
 """``gate run`` over the hamilton clip: grants for the two enrolled people, unlocks on a
-real broker, and with the broker stopped, the same decisions logged as not delivered."""
+real broker; with the broker stopped, no start, or (not required) the same decisions logged as
+not delivered."""
 
 from __future__ import annotations
 
@@ -82,7 +83,13 @@ def test_with_the_broker_stopped_decisions_are_logged_as_not_delivered(tmp_path,
     db, config = prepare(tmp_path, mosquitto.port)
     mosquitto.stop()
     result = gate("run", "--source", str(clip), db=db, config=config)
+    assert result.returncode == 1  # [mqtt] required: no start without the broker
+    assert "not reachable" in result.stderr and "so gate does not start" in result.stderr
+    assert events(db) == []
+    config.write_text(config.read_text().replace("[mqtt]\n", "[mqtt]\nrequired = false\n"))
+    result = gate("run", "--source", str(clip), db=db, config=config)
     assert result.returncode == 0, result.stderr
+    assert "UNLOCKS CANNOT BE DELIVERED" in result.stderr
     granted = [e for e in events(db) if e["decision"] == "granted"]
     assert {e["person"] for e in granted} == set(PEOPLE)
     assert all(e["delivered"] == 0 for e in granted)

@@ -58,8 +58,18 @@ def controller(
         key = store.key(door)  # never made here: the key comes from where gate signs
         path = store.path(door)
         state_file = state_file or path.with_name(f"{path.stem}.controller.json")
+    credentials = None
+    if app.config.mqtt.host is None:  # gate's embedded broker on this machine
+        from gate.broker import EMBEDDED_USER, broker_password
+
+        password = broker_password(keys_folder(app.config, app.db_path))
+        if password is None:
+            raise click.ClickException(
+                "no [mqtt] host and no embedded broker password yet: start gate run first"
+            )
+        credentials = (EMBEDDED_USER, password)
     unit = Controller(
         app.config.mqtt, door, key, load_relay(relay, door), relock_s=relock_s,
-        state_file=state_file,
+        state_file=state_file, credentials=credentials,
     )  # fmt: skip
     run_forever(unit, echo=lambda line: click.echo(line, err=True))

@@ -21,14 +21,19 @@ from gate.cli.base import App, cli, echo_rows, json_option, pass_app
 @click.option(
     "--skip-refused", is_flag=True, help="Store the accepted photos even if others are refused."
 )
+@click.option(
+    "--force", is_flag=True, help="Enroll faces that look like someone else enrolled, too."
+)
 @pass_app
-def enroll(app: App, name, images, from_folder, skip_refused) -> None:
+def enroll(app: App, name, images, from_folder, skip_refused, force) -> None:
     """Enroll NAME from IMAGE..., or everyone in --from-folder.
 
-    Each photo must show exactly one face, large and sharp enough. A refused
-    photo is reported with its reason and, unless --skip-refused, nothing of
-    that person is stored.
+    Each photo must show exactly one face, large and sharp enough, that does
+    not look like someone else enrolled (unless --force). A refused photo is
+    reported with its reason and, unless --skip-refused, nothing of that
+    person is stored. Each person is reported as soon as they are stored.
     """
+    from gate.database import check_name
     from gate.enrollment import enroll as enroll_person
     from gate.images import list_images
 
@@ -44,9 +49,13 @@ def enroll(app: App, name, images, from_folder, skip_refused) -> None:
         if not name or not images:
             raise click.UsageError("give NAME and at least one IMAGE (or --from-folder DIR)")
         batches = [(name, [Path(p) for p in images])]
+    for person, _ in batches:  # every name before any photo is processed
+        check_name(person)
+    if force:
+        click.echo("--force: faces that look like someone else are enrolled too", err=True)
 
     total = sum(len(paths) for _, paths in batches)
-    results = []
+    failed = False
     with click.progressbar(
         length=total,
         label="Enrolling",
@@ -55,34 +64,37 @@ def enroll(app: App, name, images, from_folder, skip_refused) -> None:
         hidden=not sys.stderr.isatty(),
     ) as bar:
         for person, paths in batches:
-            results.append(
-                enroll_person(
-                    app.db,
-                    app.pipeline,
-                    person,
-                    paths,
-                    skip_refused=skip_refused,
-                    progress=lambda _path: bar.update(1),
-                )
+            result = enroll_person(
+                app.db,
+                app.pipeline,
+                person,
+                paths,
+                skip_refused=skip_refused,
+                force=force,
+                progress=lambda _path: bar.update(1),
             )
-    failed = False
-    for result in results:
-        for refusal in result.refusals:
-            click.echo(f"refused {refusal.source}: {refusal.reason}", err=True)
-        if result.stored:
-            skipped = len(result.accepted) - result.added
-            note = f" ({skipped} already enrolled)" if skipped else ""
-            click.echo(f"enrolled {result.name}: {result.added} photo(s){note}")
-            continue
-        failed = True
-        if result.accepted:
-            click.echo(
-                f"nothing stored for {result.name}: {len(result.accepted)} photo(s) passed; "
-                "fix or remove the refused ones, or use --skip-refused",
-                err=True,
-            )
+            if not _report(result):
+                failed = True
     if failed:
         sys.exit(1)
+
+
+def _report(result) -> bool:
+    """Print what enrolling one person did; False when nothing was stored."""
+    for refusal in result.refusals:
+        click.echo(f"refused {refusal.source}: {refusal.reason}", err=True)
+    if result.stored:
+        skipped = len(result.accepted) - result.added
+        note = f" ({skipped} already enrolled)" if skipped else ""
+        click.echo(f"enrolled {result.name}: {result.added} photo(s){note}")
+        return True
+    if result.accepted:
+        click.echo(
+            f"nothing stored for {result.name}: {len(result.accepted)} photo(s) passed; "
+            "fix or remove the refused ones, or use --skip-refused",
+            err=True,
+        )
+    return False
 
 
 @cli.group()

@@ -90,7 +90,10 @@ def parse_when(text: str | None) -> str | None:
 
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
-        moment = datetime.now(UTC) - timedelta(seconds=float(text[:-1]) * units[text[-1]])
+        try:
+            moment = datetime.now(UTC) - timedelta(seconds=float(text[:-1]) * units[text[-1]])
+        except OverflowError:
+            raise click.ClickException(f"{text!r}: too far back (before the year 1)") from None
         return utc_iso(moment.timestamp())
     try:
         moment = datetime.fromisoformat(text)

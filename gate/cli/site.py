@@ -31,6 +31,8 @@ def door_options(fn):
 
 def _settings(values: dict) -> dict:
     settings = {k: v for k, v in values.items() if v is not None}
+    if "source" in settings and not settings["source"].strip():
+        raise click.ClickException("--source is empty: give a camera index, URL, file or folder")
     if settings.get("direction") == "none":
         settings["direction"] = None
     if "enabled" in settings:
@@ -101,6 +103,7 @@ def _link(app: App):
     from gate.context import Context
 
     context = Context(app.config, embedded_broker=False)
+    context.db_path = app.db.path  # the embedded broker's password lives beside it
     link = context.mqtt_link()
     link.wait_connected(max(2.0, app.config.mqtt.ack_timeout_s * 2))
     return context, link
