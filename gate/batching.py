@@ -31,6 +31,13 @@ class SharedEncoder:
             self._worker = threading.Thread(target=self._serve, name="gate-encoder", daemon=True)
             self._worker.start()
 
+    def set_parties(self, parties: int) -> None:
+        """The number of doors now (doors come and go while gate runs)."""
+        self.parties = max(1, parties)
+        if self.parties > 1 and self._worker is None and not self._stop.is_set():
+            self._worker = threading.Thread(target=self._serve, name="gate-encoder", daemon=True)
+            self._worker.start()
+
     def encode(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         """Embeddings of ``faces`` (blocks until their batch has run)."""
         if self._worker is None:

@@ -210,3 +210,10 @@ class Actuator(Component):
 
     def presence(self, door: str, present: bool) -> None:
         """A face came into view at ``door`` (True) or none has been seen for a while."""
+
+    def availability(self, door: str, available: bool, why: str) -> None:
+        """``door``'s camera gives frames (True), or not (False, and ``why``)."""
+
+    def doors_changed(self, doors: list) -> None:
+        """The run's doors (:class:`gate.doors.DoorSpec`) after doors were added, changed,
+        disabled or removed while gate runs."""

@@ -184,6 +184,9 @@ class SiteConfig(Section):
     timezone: str | None = Field(
         None, description="IANA zone for rules' hours, e.g. Europe/Berlin; default: the system's."
     )
+    stall_s: float = Field(
+        10.0, gt=0, le=3600, description="A camera giving no frame this long is restarted."
+    )
 
     @field_validator("timezone")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,12 +23,16 @@ class Context:
     why=...)`` logs one that was refused. ``db_path`` is the run's database
     (the door keys live beside it). ``embedded_broker`` False connects to
     127.0.0.1 instead of starting a broker when none is configured (the CLI
-    talking to a running gate).
+    talking to a running gate). ``client`` names a short-lived client beside a
+    running gate (``"cli"``): it connects as ``<client_id>-<client>-<pid>``, so
+    the broker never takes gate's own connection away, and never speaks for
+    gate's availability.
     """
 
-    def __init__(self, config: GateConfig, embedded_broker: bool = True):
+    def __init__(self, config: GateConfig, embedded_broker: bool = True, client: str | None = None):
         self.config = config
         self.embedded_broker = embedded_broker
+        self.client = client
         self.doors: list = []
         self.db_path: Path | None = None
         self.remote_command: Callable[..., object] | None = None
@@ -68,7 +73,11 @@ class Context:
                     logger.info(
                         "no MQTT broker configured: embedded broker on %s:%s", host, mqtt.port
                     )
-            self._link = MqttLink(mqtt, host, mqtt.port, credentials=credentials)
+            own = f"{mqtt.client_id[:40]}-{self.client}-{os.getpid()}" if self.client else None
+            self._link = MqttLink(
+                mqtt, host, mqtt.port, credentials=credentials, client_id=own,
+                speaks_for_gate=self.client is None,
+            )  # fmt: skip
             self._link.start()
         return self._link
 

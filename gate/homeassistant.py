@@ -2,7 +2,8 @@
 
 Each door is one Home Assistant device with four entities: a lock (LOCK /
 UNLOCK / OPEN), the last person recognised, the last decision with its reason,
-and "face in view". All share gate's availability topic. The lock sends its
+and "face in view". They are available while gate runs (``<prefix>/status``) and the
+door's camera gives frames (``<prefix>/<door>/availability``). The lock sends its
 commands as JSON naming Home Assistant as the sender; when the site requires a
 secret, Home Assistant asks for it as the lock's code (it is never in the
 retained discovery messages).
@@ -41,7 +42,12 @@ def door_topics(config: GateConfig, door: str) -> dict[str, str]:
         "person": f"{base}/person",
         "decision": f"{base}/decision",
         "face": f"{base}/face",
+        "availability": f"{base}/availability",
     }
+
+
+#: the retained topics gate keeps for a door (cleared when the door is removed)
+STATE_TOPICS = ("lock_state", "person", "decision", "face", "availability", "controller_state")
 
 
 def availability_topic(config: GateConfig) -> str:
@@ -59,9 +65,11 @@ def discovery(config: GateConfig, door: str, *, ask_code: bool = False) -> dict[
     topics = door_topics(config, door)
     prefix = config.homeassistant.discovery_prefix.rstrip("/")
     common = {
-        "availability_topic": availability_topic(config),
-        "payload_available": "online",
-        "payload_not_available": "offline",
+        "availability": [  # both must say online: gate runs, and the door's camera gives frames
+            {"topic": topic, "payload_available": "online", "payload_not_available": "offline"}
+            for topic in (availability_topic(config), topics["availability"])
+        ],
+        "availability_mode": "all",
         "device": {
             "identifiers": [f"{node}_{object_id}"],
             "name": f"gate {door}",
@@ -139,5 +147,6 @@ def discovery_payloads(config: GateConfig, door: str, *, ask_code: bool = False)
 
 
 def removal_payloads(config: GateConfig, door: str) -> dict[str, str]:
-    """Empty retained messages that make Home Assistant forget a door."""
-    return dict.fromkeys(discovery(config, door), "")
+    """Empty retained messages that make Home Assistant forget a door and clear its states."""
+    topics = door_topics(config, door)
+    return dict.fromkeys([*discovery(config, door), *(topics[k] for k in STATE_TOPICS)], "")

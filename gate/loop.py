@@ -21,7 +21,7 @@ from datetime import datetime
 import numpy as np
 
 from gate.access import AccessRequest, Verdict, builtin_policy
-from gate.capture import END, Capture, Frame, Source, open_source
+from gate.capture import END, Capture, Frame, Source, open_source, supervised
 from gate.components import Actuator, DoorCommand, Encoder
 from gate.database import GateDB
 from gate.decisions import DoorDecider, Outcome
@@ -117,20 +117,42 @@ class DoorLoop:
     def run(self, load_templates: bool = True, source: Source | None = None) -> RunStats:
         """Start up, process frames until the end, shut down; returns the stats.
 
-        ``source`` is the door's source already opened (else it is opened here).
+        ``source`` is the door's source already opened; without it the door's
+        source is opened here and tried again, with backoff, for as long as the
+        loop runs. The door is reported unavailable until frames come.
         """
-        source = source or open_source(self.door.source or "")
+        spec, label = self.door.source or "", f"door {self.door.name}"
+        settings, status = self.config.capture, self._set_available
+        if source is None:
+            capture = supervised(
+                spec, settings, realtime=self.realtime, on_status=status, label=label
+            )
+        else:
+            capture = Capture(
+                source, settings, self.realtime, opener=lambda: open_source(spec),
+                on_status=status, label=label,
+            )  # fmt: skip
         try:
+            self._set_available(False, "starting")
             self.db.ensure_door(self.door.name)
             if load_templates:
                 self.pipeline.load_templates(self.db)
             self.names = self.db.names()
             logger.info("door %s: %d people enrolled", self.door.name, len(self.names))
-            self._process_all(Capture(source, self.config.capture, self.realtime).start())
+            self._process_all(capture.start())
         finally:
-            source.close()
+            capture.stop()
             self._set_presence(False)
+            self._set_available(False, "stopped")
         return self.stats
+
+    def _set_available(self, available: bool, why: str) -> None:
+        """Tell the actuators whether the door sees (frames come) or not, and why."""
+        for actuator in self.pipeline.actuators:
+            try:
+                actuator.availability(self.door.name, available, why)
+            except Exception:
+                logger.exception("actuator %s failed on availability", actuator.name)
 
     def _process_all(self, capture: Capture) -> None:
         try:
@@ -147,8 +169,8 @@ class DoorLoop:
                     self._act(outcome, self._last_frame)
         finally:
             capture.stop()
-            self.stats.dropped = capture.dropped
-            self.stats.reopened = capture.reopened
+            self.stats.dropped += capture.dropped  # a door restarted keeps counting
+            self.stats.reopened += capture.reopened + capture.restarts
             self.stats.error = capture.error
 
     def process(self, frame: Frame) -> list[AccessEvent]:

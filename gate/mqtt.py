@@ -113,8 +113,16 @@ class MqttLink:
     """One paho client (callback API v2) shared by everything that talks MQTT."""
 
     def __init__(
-        self, config: MqttConfig, host: str, port: int, *, credentials: Credentials | None = None
+        self,
+        config: MqttConfig,
+        host: str,
+        port: int,
+        *,
+        credentials: Credentials | None = None,
+        client_id: str | None = None,
+        speaks_for_gate: bool = True,
     ):
+        """``speaks_for_gate`` False (the CLI beside a running gate): no availability, no will."""
         import paho.mqtt.client as mqtt
 
         self.config = config
@@ -128,8 +136,12 @@ class MqttLink:
         self._stopping = False
         self._handlers: dict[str, tuple[Callable, bool]] = {}
         self._on_connected: list[Callable[[], None]] = []
-        client = make_client(config, config.client_id, credentials)
-        client.will_set(self.availability_topic, "offline", qos=1, retain=True)
+        self.speaks_for_gate = speaks_for_gate
+        self._doors_available: dict[str, bool] = {}
+        self._last_sent = None  # the last message published, for stop() to wait on
+        client = make_client(config, client_id or config.client_id, credentials)
+        if speaks_for_gate:
+            client.will_set(self.availability_topic, "offline", qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -168,10 +180,15 @@ class MqttLink:
         return self._connected.is_set()
 
     def stop(self) -> None:
-        """Say ``offline`` (retained), disconnect and end the network thread."""
+        """Say ``offline`` (retained, gate and its doors), disconnect and end the network thread."""
         self._stopping = True
-        if self.connected:
+        info = self._last_sent  # messages go out in order: once it is acknowledged, all are
+        if self.connected and self.speaks_for_gate:
+            for door in list(self._doors_available):
+                topic = self.topic(door, "availability")
+                self._client.publish(topic, "offline", qos=1, retain=True)
             info = self._client.publish(self.availability_topic, "offline", qos=1, retain=True)
+        if self.connected and info is not None:
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout=self.config.ack_timeout_s)
         self._client.disconnect()
@@ -215,7 +232,11 @@ class MqttLink:
         logger.info("MQTT connected to %s:%s", self.host, self.port)
         self.problem = None
         self._refused.clear()
-        client.publish(self.availability_topic, "online", qos=1, retain=True)
+        if self.speaks_for_gate:
+            client.publish(self.availability_topic, "online", qos=1, retain=True)
+            for door, available in list(self._doors_available.items()):
+                state = "online" if available else "offline"
+                client.publish(self.topic(door, "availability"), state, qos=1, retain=True)
         for topic in self._handlers:
             client.subscribe(topic, qos=1)
         self._connected.set()
@@ -236,13 +257,29 @@ class MqttLink:
         """``<prefix>/<door>/<leaf>``."""
         return f"{self.prefix}/{door}/{leaf}"
 
+    def door_available(self, door: str, available: bool | None) -> None:
+        """``<prefix>/<door>/availability``: ``online`` while the door's camera gives frames
+        (retained, again after each reconnection); None clears it (a door removed)."""
+        if not self.speaks_for_gate:
+            return
+        if available is None:
+            self._doors_available.pop(door, None)
+            self.publish(self.topic(door, "availability"), "", qos=1, retain=True)
+            return
+        if self._doors_available.get(door) is available:
+            return
+        self._doors_available[door] = available
+        state = "online" if available else "offline"
+        self.publish(self.topic(door, "availability"), state, qos=1, retain=True)
+
     def publish(
         self, topic: str, payload: str | bytes, *, qos: int = 1, retain: bool = False
     ) -> bool:
         """Fire and forget while connected; False when there is no connection."""
         if not self.connected:
             return False
-        return self._client.publish(topic, payload, qos=qos, retain=retain).rc == 0
+        self._last_sent = self._client.publish(topic, payload, qos=qos, retain=retain)
+        return self._last_sent.rc == 0
 
     def publish_command(self, topic: str, payload: str, expires_at: float) -> bool:
         """Publish a command (QoS 1, not retained); True only when acknowledged before expiry."""

@@ -6,7 +6,11 @@ allows into door commands logged as remote (every refusal is logged too, with
 the sender the command names), and keeps the lock's state: the controller's
 own (``<prefix>/<door>/state``, signed with the door's key) once it reports
 one, otherwise gate's relock timer. Also publishes the last person, the last
-decision and "face in view".
+decision and "face in view", and whether each door's camera gives frames.
+Announcing again repeats the states as they are now. Unlocks and locks that
+another gate process sends (``gate doors unlock``) show like gate's own, from
+their events on ``<prefix>/<door>/event``. Doors added or removed while gate
+runs are announced or withdrawn (discovery and retained states).
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ import logging
 import os
 import queue
 import threading
+from collections import deque
 
 from pydantic import Field, SecretStr, model_validator
 
 from gate import hookimpl
 from gate.components import Actuator, StrictOptions
 from gate.controller import Verifier
-from gate.homeassistant import discovery_payloads, door_topics
+from gate.homeassistant import discovery_payloads, door_topics, removal_payloads
 from gate.remote import RemotePolicy, parse_request
 from gate.signing import KeyStore, KeyStoreError, keys_folder
 
@@ -67,6 +72,9 @@ class HomeAssistantActuator(Actuator):
         self._controller_reports: set[str] = set()
         self._timers: dict[str, threading.Timer] = {}
         self._lock = threading.Lock()
+        self._lock_states: dict[str, str] = {}  # what the lock shows now, per door
+        self._faces: dict[str, str] = {}
+        self._own_events: deque[int] = deque(maxlen=1000)  # ids this process announced
         secret = self.options.remote_secret
         self.policy = RemotePolicy(
             self.options.remote_allow,
@@ -86,28 +94,75 @@ class HomeAssistantActuator(Actuator):
         self._worker = threading.Thread(target=self._serve, name="gate-remote", daemon=True)
         self._worker.start()
         for name in self.doors:
-            topics = door_topics(self.config, name)
-            self.link.subscribe(topics["lock_set"], self._on_lock_set, raw=True)
-            self.link.subscribe(topics["controller_state"], self._on_controller_state, raw=True)
+            self._subscribe(name)
         self.link.subscribe(self.config.homeassistant.status_topic, self._on_ha_status)
         self.link.on_connected(self.announce_doors)
 
-    def announce_doors(self) -> None:
-        """Send every door's discovery messages and initial states (retained)."""
+    def _subscribe(self, door: str) -> None:
+        topics = door_topics(self.config, door)
+        self.link.subscribe(topics["lock_set"], self._on_lock_set, raw=True)
+        self.link.subscribe(topics["controller_state"], self._on_controller_state, raw=True)
+        self.link.subscribe(topics["event"], self._on_event)
+
+    def announce_doors(self, names: list[str] | None = None) -> None:
+        """Send the doors' discovery messages and their states as they are now (retained)."""
         ask_code = self.policy.secret is not None
-        for name in self.doors:
+        for name in list(self.doors) if names is None else names:
             for topic, payload in discovery_payloads(self.config, name, ask_code=ask_code).items():
                 self.link.publish(topic, payload, qos=1, retain=True)
             topics = door_topics(self.config, name)
-            if name not in self._controller_reports:
-                self.link.publish(topics["lock_state"], "LOCKED", qos=1, retain=True)
-            self.link.publish(topics["face"], "OFF", qos=1, retain=True)
+            lock = self._lock_states.setdefault(name, "LOCKED")
+            self.link.publish(topics["lock_state"], lock, qos=1, retain=True)
+            face = self._faces.setdefault(name, "OFF")
+            self.link.publish(topics["face"], face, qos=1, retain=True)
+
+    def doors_changed(self, doors: list) -> None:
+        """Announce doors added, withdraw doors gone (discovery and retained states)."""
+        before, self.doors = self.doors, {door.name: door for door in doors}
+        for name in sorted(before.keys() - self.doors.keys()):
+            with self._lock:
+                timer = self._timers.pop(name, None)
+                self._controller_reports.discard(name)
+            if timer:
+                timer.cancel()
+            self._lock_states.pop(name, None)
+            self._faces.pop(name, None)
+            self.link.door_available(name, None)
+            for topic, payload in removal_payloads(self.config, name).items():
+                self.link.publish(topic, payload, qos=1, retain=True)
+            logger.info("door %s withdrawn from Home Assistant", name)
+        added = sorted(self.doors.keys() - before.keys())
+        for name in added:
+            self._subscribe(name)
+        self.announce_doors(added)
 
     def _door_of(self, topic: str, leaf: str) -> str | None:
-        for name in self.doors:
+        for name in list(self.doors):
             if door_topics(self.config, name)[leaf] == topic:
                 return name
         return None
+
+    def _show_lock(self, door: str, state: str) -> None:
+        self._lock_states[door] = state
+        self.link.publish(door_topics(self.config, door)["lock_state"], state, qos=1, retain=True)
+
+    def _on_event(self, topic: str, payload: bytes) -> None:
+        """An event another gate process announced (``gate doors unlock``): show it like ours."""
+        door = self._door_of(topic, "event")
+        try:
+            event = json.loads(payload)
+            event_id = event["id"]
+        except (ValueError, TypeError, KeyError):
+            return
+        if door is None or event_id in self._own_events or event.get("door") != door:
+            return
+        if event.get("delivered") is True and door not in self._controller_reports:
+            if event.get("decision") == "granted":
+                self._unlocked(door)
+            elif event.get("decision") == "lock":
+                self._cancel_relock(door)
+                self._show_lock(door, "LOCKED")
+        self._announce_payload(door, event)
 
     def _on_ha_status(self, topic: str, payload: bytes) -> None:
         if payload.strip().lower() == b"online":
@@ -183,22 +238,29 @@ class HomeAssistantActuator(Actuator):
             return
         with self._lock:
             self._controller_reports.add(door)
-            timer = self._timers.pop(door, None)
-        if timer:
-            timer.cancel()
-        self.link.publish(door_topics(self.config, door)["lock_state"], state, qos=1, retain=True)
+        self._cancel_relock(door)
+        self._show_lock(door, state)
 
     def send(self, command) -> bool:
         """Show the lock's new state, unless the door's controller reports its own."""
         door = command.door
+        self._own_events.append(command.event_id)
         if door not in self.doors or door in self._controller_reports:
             return False
-        topic = door_topics(self.config, door)["lock_state"]
         if command.action == "lock":
-            self.link.publish(topic, "LOCKED", qos=1, retain=True)
+            self._cancel_relock(door)
+            self._show_lock(door, "LOCKED")
             return False
-        self.link.publish(topic, "UNLOCKED", qos=1, retain=True)
-        timer = threading.Timer(self.doors[door].relock_s, self._relock, args=(door,))
+        self._unlocked(door)
+        return False
+
+    def _unlocked(self, door: str) -> None:
+        """Show UNLOCKED, and LOCKED again after the door's ``relock_s``."""
+        spec = self.doors.get(door)
+        if spec is None:
+            return
+        self._show_lock(door, "UNLOCKED")
+        timer = threading.Timer(spec.relock_s, self._relock, args=(door,))
         timer.daemon = True
         with self._lock:
             old = self._timers.pop(door, None)
@@ -206,36 +268,52 @@ class HomeAssistantActuator(Actuator):
         if old:
             old.cancel()
         timer.start()
-        return False
+
+    def _cancel_relock(self, door: str) -> None:
+        with self._lock:
+            timer = self._timers.pop(door, None)
+        if timer:
+            timer.cancel()
 
     def _relock(self, door: str) -> None:
         with self._lock:
             self._timers.pop(door, None)
-            if door in self._controller_reports:
+            if door in self._controller_reports or door not in self.doors:
                 return
-        self.link.publish(
-            door_topics(self.config, door)["lock_state"], "LOCKED", qos=1, retain=True
-        )
+        self._show_lock(door, "LOCKED")
 
     def announce(self, event) -> None:
-        topics = door_topics(self.config, event.door)
-        if event.door not in self.doors:
-            return
-        if event.person:
-            self.link.publish(topics["person"], event.person, qos=1, retain=True)
-        payload = {k: v for k, v in event.public().items() if k != "snapshot"}
+        if event.id is not None:
+            self._own_events.append(event.id)
+        if event.door in self.doors:
+            self._announce_payload(event.door, event.public())
+
+    def _announce_payload(self, door: str, event: dict) -> None:
+        """The last person (if one) and the last decision, retained."""
+        topics = door_topics(self.config, door)
+        if event.get("person"):
+            self.link.publish(topics["person"], str(event["person"]), qos=1, retain=True)
+        payload = {k: v for k, v in event.items() if k != "snapshot"}
         self.link.publish(
             topics["decision"], json.dumps(payload, sort_keys=True), qos=1, retain=True
         )
 
     def presence(self, door: str, present: bool) -> None:
         if door in self.doors:
+            self._faces[door] = "ON" if present else "OFF"
             face = door_topics(self.config, door)["face"]
-            self.link.publish(face, "ON" if present else "OFF", qos=1, retain=True)
+            self.link.publish(face, self._faces[door], qos=1, retain=True)
+
+    def availability(self, door: str, available: bool, why: str) -> None:
+        if door in self.doors:
+            self.link.door_available(door, available)
 
     def close(self) -> None:
-        for timer in list(getattr(self, "_timers", {}).values()):
+        """Stop; a lock shown UNLOCKED by gate's own timer is left LOCKED, as the timer would."""
+        for door, timer in list(getattr(self, "_timers", {}).items()):
             timer.cancel()
+            if self._lock_states.get(door) == "UNLOCKED":
+                self._show_lock(door, "LOCKED")
         worker = getattr(self, "_worker", None)
         if worker is not None:
             try:

@@ -35,12 +35,15 @@ class MqttActuator(Actuator):
             description="Doors' signing keys; default: keys/ beside the database.",
         )
 
+    _doors: frozenset[str] = frozenset()  # the run's doors
+
     def start(self) -> None:
         """Connect; a run (doors given) without its broker stops here unless not ``required``.
 
         A one-off command (the CLI) goes on instead and is logged as not delivered.
         """
         self.link = self.context.mqtt_link()
+        self._doors = frozenset(door.name for door in self.context.doors)
         settings = self.context.config.mqtt
         if not settings.required:
             logger.warning(
@@ -81,6 +84,17 @@ class MqttActuator(Actuator):
     def announce(self, event) -> None:
         payload = json.dumps(event.public(), sort_keys=True)
         self.link.publish(self.link.topic(event.door, "event"), payload, qos=1)
+
+    def availability(self, door: str, available: bool, why: str) -> None:
+        """``<prefix>/<door>/availability``: ``online`` while the door's camera gives frames."""
+        self.link.door_available(door, available)
+
+    def doors_changed(self, doors: list) -> None:
+        """Clear the availability of doors no longer run."""
+        names = frozenset(door.name for door in doors)
+        for name in self._doors - names:
+            self.link.door_available(name, None)
+        self._doors = names
 
 
 @hookimpl

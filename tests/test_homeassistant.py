@@ -30,7 +30,7 @@ REQUIRED = {  # what Home Assistant's MQTT platforms require, plus what gate pro
     "sensor": {"state_topic"},
     "binary_sensor": {"state_topic", "payload_on", "payload_off"},
 }  # fmt: skip
-COMMON = {"unique_id", "name", "availability_topic", "payload_available", "payload_not_available"}
+COMMON = {"unique_id", "name", "availability", "availability_mode"}
 SECRET = "s3cret"
 
 
@@ -94,7 +94,9 @@ def test_discovery_is_retained_with_the_keys_home_assistant_requires(
         assert sent == json.loads(json.dumps(body))
         component = topic.split("/")[1]
         assert REQUIRED[component] | COMMON <= set(sent), component
-        assert sent["availability_topic"] == "gate/status"
+        topics = [a["topic"] for a in sent["availability"]]
+        assert topics == ["gate/status", "gate/front/availability"]
+        assert sent["availability_mode"] == "all"  # gate runs, and the door's camera gives frames
         assert sent["device"]["identifiers"] == ["gate_front"]
     assert {t.split("/")[1] for t in expected} == {"lock", "sensor", "binary_sensor"}
     lock = next(body for topic, body in expected.items() if "/lock/" in topic)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import sys
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -45,21 +47,38 @@ def echo_stats(stats, door: str | None = None) -> None:
 def run(app: App, doors: tuple[str, ...], source: str | None, realtime: bool) -> None:
     """Watch the doors and decide, log and unlock, until their sources end or Ctrl-C.
 
-    With no options, every enabled door that has a source (gate doors add).
-    With --source, one door (--door, default "front") watches that source.
+    With no options, every enabled door that has a source (gate doors add):
+    a door whose camera fails keeps trying while the others decide, and doors
+    added, changed or removed meanwhile take effect within seconds. With
+    --source, one door (--door, default "front") watches that source, which
+    must open. SIGTERM stops like Ctrl-C.
     """
     from gate.doors import doors_for_run
     from gate.runner import Runner
 
     specs = doors_for_run(app.db, app.config, list(doors), source)
     runner = Runner(
-        app.pipeline, app.db.path, specs, hook=app.pm.hook, realtime=realtime, on_event=echo_event
-    )
+        app.pipeline, app.db.path, specs, hook=app.pm.hook, realtime=realtime,
+        on_event=echo_event, site=source is None, only=doors,
+    )  # fmt: skip
+    terminated = []
+
+    def on_sigterm(signum, frame) -> None:
+        terminated.append(signum)
+        runner.stop()
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main else None
     try:
         results = runner.run()
     except KeyboardInterrupt:
         click.echo("stopped", err=True)
         results = {loop.door.name: loop.stats for loop in runner.loops}
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+    if terminated:
+        click.echo("stopped (SIGTERM)", err=True)
     for name, stats in results.items():
         echo_stats(stats, name if len(results) > 1 else None)
     for name, error in runner.errors.items():

@@ -102,7 +102,7 @@ def _link(app: App):
     """A short-lived MQTT connection for the CLI (to the running gate's broker if embedded)."""
     from gate.context import Context
 
-    context = Context(app.config, embedded_broker=False)
+    context = Context(app.config, embedded_broker=False, client="cli")
     context.db_path = app.db.path  # the embedded broker's password lives beside it
     link = context.mqtt_link()
     link.wait_connected(max(2.0, app.config.mqtt.ack_timeout_s * 2))
@@ -142,7 +142,7 @@ def _door_command(app: App, name: str, action: str, reason: str | None) -> None:
         raise click.ClickException(f"no door called {name!r}")
     from gate.context import Context
 
-    context = Context(app.config, embedded_broker=False)  # the running gate's broker, if any
+    context = Context(app.config, embedded_broker=False, client="cli")  # gate's broker, if any
     context.db_path = app.db.path  # the door keys live beside it
     try:
         actuator = app.pm.registry.get("actuator", "mqtt").cls(context=context)
