@@ -176,6 +176,9 @@ class CaptureConfig(Section):
     max_reopen_attempts: int = Field(
         0, ge=0, description="Give up after this many failed reopenings; 0 tries for ever."
     )
+    stall_s: float = Field(
+        10.0, gt=0, le=3600, description="A camera giving no frame this long is restarted."
+    )
 
 
 class SiteConfig(Section):
@@ -183,9 +186,6 @@ class SiteConfig(Section):
 
     timezone: str | None = Field(
         None, description="IANA zone for rules' hours, e.g. Europe/Berlin; default: the system's."
-    )
-    stall_s: float = Field(
-        10.0, gt=0, le=3600, description="A camera giving no frame this long is restarted."
     )
 
     @field_validator("timezone")
