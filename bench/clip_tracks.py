@@ -80,11 +80,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--risks", default="0.0001,0.0003,0.001,0.003,0.01")
+    parser.add_argument("--doors", default="hamilton,strangers")
     args = parser.parse_args()
+    doors = args.doors.split(",")
     registry = make_plugin_manager(entry_points=False).registry
     base = Pipeline(parse_config({"pipeline": {"actuators": ["log"]}}), registry)
     video = args.data / "video"
-    clips = {c.stem: decode(base, c) for c in sorted(video.glob("*.mp4"))}
+    wanted = sorted(video.glob("*.mp4")) if "strangers" in doors else [video / "hamilton_short.mp4"]
+    clips = {c.stem: decode(base, c) for c in wanted}
     galleries = {
         "hamilton": {p.stem: [p] for p in sorted((video / "hamilton_known").iterdir())},
         "strangers": {
@@ -96,6 +99,8 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         for door, folders in galleries.items():
+            if door not in doors:
+                continue
             db = GateDB(Path(tmp) / f"{door}.db")
             for name, photos in folders.items():
                 enroll(db, base, name.replace("/", "-"), photos, skip_refused=True)

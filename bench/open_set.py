@@ -250,7 +250,7 @@ def plot_det(det: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=110)
     for size, runs in sorted(det.items()):
-        ss, sg, owner, ms, mg = runs[0]
+        ss, sg, owner, ms, mg = (np.concatenate(parts) for parts in zip(*runs, strict=True))
         far, frr = det_curve(ss, sg, owner)
         line = ax.plot(np.maximum(far, 1e-4), frr, label=f"{size} people, nearest template")[0]
         far, frr = det_curve(ms, mg, owner)
@@ -261,7 +261,7 @@ def plot_det(det: dict, path: Path) -> None:
     ax.set_ylim(0, 0.5)
     ax.set_xlabel("strangers named as someone (per photo)")
     ax.set_ylabel("enrolled people's photos not named right")
-    ax.set_title("Open set on LFW View 1, held-out half (colour)")
+    ax.set_title("Open set on LFW View 1, held-out half (colour, all galleries pooled)")
     ax.axvline(0.01, color="grey", linewidth=0.8)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)

@@ -45,11 +45,16 @@ class PipelineConfig(Section):
     )
 
 
+#: the strictest stated risk at which the shared clips' known people are still granted
+#: (bench/clip_tracks.py; docs/open-set.md)
+DEFAULT_STRANGER_ACCEPTANCE = 0.005
+
+
 class RecognitionConfig(Section):
     """When an embedding counts as an enrolled person."""
 
     stranger_acceptance: float = Field(
-        0.01,
+        DEFAULT_STRANGER_ACCEPTANCE,
         gt=0,
         le=0.2,
         description="Share of strangers (per face track; per photo for identify) that may be "

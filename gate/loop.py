@@ -106,7 +106,7 @@ class DoorLoop:
         self.config = pipeline.config
         self.encoder = encoder or pipeline.encoder
         self.detector = detector or pipeline.detector
-        self.decider = DoorDecider(door.decision, self._judge, snapshot=self._snapshot)
+        self.decider = DoorDecider(door.decision, self._judge, crop=self._crop)
         self._last_frame: Frame | None = None
         self.stop = threading.Event()
         self.stats = RunStats()
@@ -198,11 +198,31 @@ class DoorLoop:
             min_margin=self.door.min_margin,
         )
 
-    def _snapshot(self, image: np.ndarray, recognition) -> np.ndarray | None:
-        if not self.config.decision.snapshots:
-            return None
+    def _crop(self, image: np.ndarray, recognition) -> np.ndarray:
         crop, _ = face_region(image, recognition.face, pad=0.3, face_px=96)
         return crop
+
+    def _liveness(self, person_id: int, outcome: Outcome) -> Verdict | None:
+        """A denial when a liveness check calls the track an attack or fails; else None."""
+        if self.hook is None or not self.hook.presentation_attack.get_hookimpls():
+            return None
+        for impl in self.hook.presentation_attack.get_hookimpls():
+            args = {"door": self.door.name, "person_id": person_id, "frames": list(outcome.history)}
+            try:
+                verdict = impl.function(**{name: args[name] for name in impl.argnames})
+            except Exception:
+                logger.exception("liveness check %s failed at %s", impl.plugin_name, self.door.name)
+                return Verdict(False, "liveness_error")
+            if verdict is not None and verdict.attack:
+                logger.warning(
+                    "presentation attack at %s (%s, score %.2f): %s",
+                    self.door.name,
+                    verdict.check or impl.plugin_name,
+                    verdict.score,
+                    verdict.reason,
+                )
+                return Verdict(False, "presentation_attack")
+        return None
 
     def _track_presence(self, faces: bool, clock: float) -> None:
         if faces:
@@ -251,11 +271,11 @@ class DoorLoop:
         decision, reason = outcome.decision, outcome.reason
         person_id = match.person_id if decision == "granted" else None
         if person_id is not None:
-            verdict = self._policy(person_id, frame)
+            verdict = self._liveness(person_id, outcome) or self._policy(person_id, frame)
             if not verdict.allowed:
                 decision, reason = "denied", verdict.reason
         snapshot = None
-        if outcome.snapshot is not None:
+        if outcome.snapshot is not None and self.config.decision.snapshots:
             snapshot = encode_jpeg(outcome.snapshot)
         event = AccessEvent(
             time=utc_iso(frame.captured_at),

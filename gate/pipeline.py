@@ -11,7 +11,12 @@ from pydantic import ValidationError
 
 from gate.calibration import Calibration, ImpostorModel, calibrate, normalise
 from gate.components import Actuator, Component, Detector, Encoder, Face, Match, Matcher
-from gate.config import GateConfig, config_origin, describe_errors
+from gate.config import (
+    DEFAULT_STRANGER_ACCEPTANCE,
+    GateConfig,
+    config_origin,
+    describe_errors,
+)
 from gate.context import Context
 from gate.database import GateDB
 from gate.errors import ComponentError, ConfigError, GateError
@@ -184,9 +189,12 @@ class Pipeline:
                 calibration.people,
                 100 * worst,
             )
-        elif r.stranger_acceptance > 0.01:
+        elif r.stranger_acceptance > DEFAULT_STRANGER_ACCEPTANCE:
             logger.warning(
-                "stranger_acceptance %g is looser than gate's default 0.01", r.stranger_acceptance
+                "stranger_acceptance %g is looser than gate's default %g: more strangers may be "
+                "named as someone",
+                r.stranger_acceptance,
+                DEFAULT_STRANGER_ACCEPTANCE,
             )
 
     def load_templates(self, db: GateDB) -> int:

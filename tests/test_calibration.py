@@ -96,6 +96,18 @@ def test_a_fixed_threshold_looser_than_the_stated_risk_says_so(tmp_path, bbt, ca
     pipeline.close()
 
 
+def test_a_stated_risk_looser_than_the_default_says_so(tmp_path, bbt, caplog):
+    pipeline = make_pipeline(stranger_acceptance=0.02)
+    db = GateDB(tmp_path / "gate.db")
+    name, photos = next(iter(bbt.items()))
+    enroll(db, pipeline, name, photos, skip_refused=True)
+    with caplog.at_level(logging.WARNING, logger="gate.pipeline"):
+        pipeline.load_templates(db)
+    assert "stranger_acceptance 0.02 is looser than gate's default 0.005" in caplog.text
+    assert pipeline.calibration.acceptance["colour"] == pytest.approx(0.02, rel=0.05)
+    pipeline.close()
+
+
 def test_a_site_whose_people_sit_closer_than_the_model_expects_gets_a_lower_threshold(bbt):
     """Enrolled people are strangers to each other: a blurred, grey camera is measured.
 

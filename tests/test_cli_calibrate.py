@@ -52,17 +52,17 @@ def site(tmp_path, monkeypatch):
 
 def test_calibrate_states_the_risk_and_the_threshold_per_condition(site):
     data = json.loads(site("calibrate", "--json"))
-    assert data["source"] == "model" and data["stated_stranger_acceptance"] == 0.01
+    assert data["source"] == "model" and data["stated_stranger_acceptance"] == 0.005
     assert (data["people"], data["templates"]) == (3, 3)
     rows = {row["condition"]: row for row in data["conditions"]}
     assert set(rows) == {"colour", "grey", "colour-small", "grey-small"}
     assert rows["grey"]["threshold"] < rows["colour"]["threshold"]
-    assert all(row["stranger_acceptance"] == pytest.approx(0.01, rel=0.05) for row in rows.values())
+    assert all(row["stranger_acceptance"] == pytest.approx(0.005, rel=0.05) for row in rows.values())
     assert all(0.5 < row["enrolled_accepted"] <= 1 for row in rows.values())
     (pair,) = data["look_alikes"]
     assert {pair["person"], pair["other"]} == {"obama", "obama-again"}
     text = site("calibrate")
-    assert "stated stranger acceptance 0.01 per face track" in text
+    assert "stated stranger acceptance 0.005 per face track" in text
     assert "look-alikes: obama and obama-again" in text
 
 
@@ -72,7 +72,7 @@ def test_a_fixed_threshold_is_shown_with_what_it_lets_in(site):
     data = json.loads(site("calibrate", "--json", config="[recognition]\nthreshold = 0.62\n"))
     assert data["source"] == "override"
     assert all(row["threshold"] == 0.62 for row in data["conditions"])
-    assert max(row["stranger_acceptance"] for row in data["conditions"]) > 0.01
+    assert max(row["stranger_acceptance"] for row in data["conditions"]) > 0.005
 
 
 def test_people_list_flags_look_alikes(site):
