@@ -295,3 +295,28 @@ def look_alikes(
         key = (int(ids[i]), int(ids[j]))
         closest[key] = min(closest.get(key, np.inf), float(d[i, j]))
     return sorted(((p, q, dist) for (p, q), dist in closest.items()), key=lambda r: r[2])
+
+
+def look_alike_caps(
+    embeddings: np.ndarray, person_ids: np.ndarray, margin: float
+) -> dict[int, float]:
+    """A stricter distance for people who sit close to someone else enrolled.
+
+    A face is never taken for person ``p`` farther from ``p`` (their mean template)
+    than ``p``'s nearest other enrolled person is, less the margin: at that distance it
+    is as much the other one. The cap binds only for people whose neighbour is
+    closer than the calibrated threshold; everyone else keeps the threshold.
+    """
+    ids = np.asarray(person_ids)
+    people = np.unique(ids)
+    if len(people) < 2:
+        return {}
+    x = np.asarray(embeddings, np.float64)
+    means = np.stack([x[ids == p].mean(axis=0) for p in people])
+    lengths = np.array([np.linalg.norm(x[ids == p], axis=1).mean() for p in people])
+    means *= (lengths / np.maximum(np.linalg.norm(means, axis=1), 1e-12))[:, None]
+    sq = (means**2).sum(1)
+    d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * means @ means.T, 0.0))
+    np.fill_diagonal(d, np.inf)
+    nearest = d.min(axis=1)
+    return {int(p): float(n - margin) for p, n in zip(people, nearest, strict=True)}

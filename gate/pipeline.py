@@ -9,7 +9,7 @@ from functools import cached_property
 import numpy as np
 from pydantic import ValidationError
 
-from gate.calibration import Calibration, ImpostorModel, calibrate, normalise
+from gate.calibration import Calibration, ImpostorModel, calibrate, look_alike_caps, normalise
 from gate.components import Actuator, Component, Detector, Encoder, Face, Match, Matcher
 from gate.config import (
     DEFAULT_STRANGER_ACCEPTANCE,
@@ -149,7 +149,15 @@ class Pipeline:
         """Give the matcher these templates and calibrate the thresholds for them."""
         embeddings = self.normalise(embeddings)
         self.matcher.fit(embeddings, person_ids)
+        self._caps = look_alike_caps(embeddings, person_ids, self.config.recognition.min_margin)
         return self.recalibrate(embeddings, person_ids)
+
+    def _capped(self, match: Match) -> Match:
+        """A match beyond its person's look-alike cap becomes ``ambiguous``."""
+        cap = self.__dict__.get("_caps", {}).get(match.person_id)
+        if match.status == "match" and cap is not None and match.distance > cap:
+            return replace(match, status="ambiguous", person_id=None)
+        return match
 
     def recalibrate(
         self, embeddings: np.ndarray, person_ids: np.ndarray, override: float | None = None
@@ -251,8 +259,9 @@ class Pipeline:
         status, person = raw.status, raw.person_id
         if status == "match" and runner_up - distance < margin:
             status, person = "ambiguous", None
-        return replace(raw, status=status, person_id=person, distance=distance,
-                       margin=runner_up - distance), limit  # fmt: skip
+        judged = replace(raw, status=status, person_id=person, distance=distance,
+                         margin=runner_up - distance)  # fmt: skip
+        return self._capped(judged), limit
 
     def match(
         self,
@@ -278,7 +287,7 @@ class Pipeline:
         for match, quality, limit in zip(matches, qualities, limits, strict=True):
             if floor.failures(quality):
                 match = replace(match, status="low_quality", person_id=None)
-            out.append((match, float(limit)))
+            out.append((self._capped(match), float(limit)))
         return out
 
     def recognise(

@@ -164,3 +164,32 @@ def test_bbt3_stranger_is_not_named_alex(tmp_path):
     named = [names[r.match.person_id] for r in recognitions if r.match.status == "match"]
     assert "alex_lacamoire" not in named
     pipeline.close()
+
+
+def test_people_close_to_someone_else_get_a_stricter_distance():
+    from gate.calibration import look_alike_caps
+    from gate.quality import FaceQuality
+
+    # ada and bea sit 0.45 apart on a circle of radius 1.414; cy is far from both
+    def at(angle: float) -> np.ndarray:
+        v = np.zeros(128, np.float32)
+        v[0], v[1] = np.cos(angle), np.sin(angle)
+        return v * 1.414
+
+    apart = 2 * np.arcsin(0.45 / 2 / 1.414)
+    templates = np.stack([at(0.0), at(apart), at(np.pi)])
+    caps = look_alike_caps(templates, np.array([1, 2, 3]), margin=0.04)
+    assert caps[1] == pytest.approx(0.41, abs=1e-4) and caps[2] == pytest.approx(0.41, abs=1e-4)
+    assert caps[3] > 1.0
+    pipeline = make_pipeline(threshold=0.5, min_margin=0.04)
+    pipeline.fit(templates, np.array([1, 2, 3]))
+    quality = FaceQuality(size=120, sharpness=100, yaw=0, roll=0, score=0.9, grey=False)
+    # 0.43 from ada (within 0.5) and farther from bea by more than the margin, on the far side
+    probe = at(-2 * np.arcsin(0.43 / 2 / 1.414))
+    ((match, _),) = pipeline.match(probe[None], [quality])
+    assert match.distance == pytest.approx(0.43, abs=1e-3) and match.margin > 0.04
+    assert match.status == "ambiguous"  # beyond ada's cap of 0.41
+    probe = at(-2 * np.arcsin(0.40 / 2 / 1.414))
+    ((match, _),) = pipeline.match(probe[None], [quality])
+    assert (match.status, match.person_id) == ("match", 1)
+    pipeline.close()
