@@ -249,6 +249,25 @@ class RetentionConfig(Section):
     )
 
 
+class LivenessConfig(Section):
+    """The built-in liveness baseline (``gate_plugins.liveness``): a photo or a screen."""
+
+    enabled: bool = Field(
+        False,
+        description="Check every face track before a grant; off: it costs genuine users more "
+        "than 2% (docs/security.md).",
+    )
+    min_frames: int = Field(
+        3, ge=1, le=30, description="Fewer frames in the track: too little evidence, denied."
+    )
+    min_motion: float = Field(
+        0.1, gt=0, le=10, description="A face that changes less than this is a still picture."
+    )
+    max_screen: float = Field(
+        12.0, gt=1, le=1e6, description="A spectral peak this strong is a screen's moiré."
+    )
+
+
 class GateConfig(Section):
     """The whole configuration."""
 
@@ -262,6 +281,7 @@ class GateConfig(Section):
     site: SiteConfig = Field(default_factory=SiteConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
+    liveness: LivenessConfig = Field(default_factory=LivenessConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     detectors: dict[str, dict[str, Any]] = Field(default_factory=dict)
     encoders: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -35,6 +35,7 @@ BUILTIN_PLUGINS = (
     "gate_plugins.log_actuator",
     "gate_plugins.homeassistant",
     "gate_plugins.rules",
+    "gate_plugins.liveness",
     "gate_plugins.training",
 )
 KINDS: dict[str, type[Component]] = {
