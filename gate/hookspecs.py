@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from gate.access import AccessRequest, Verdict
     from gate.components import Actuator, Detector, Encoder, Matcher
+    from gate.config import GateConfig
     from gate.events import AccessEvent
     from gate.liveness import LivenessVerdict, TrackFrame
 
@@ -94,7 +95,7 @@ def access_policy(request: AccessRequest) -> Verdict | None:
 
 @hookspec
 def presentation_attack(
-    door: str, person_id: int, frames: list[TrackFrame]
+    door: str, person_id: int, frames: list[TrackFrame], config: GateConfig
 ) -> LivenessVerdict | None:
     """Check a face track for a presentation attack (a photo, a screen, a mask) before a grant.
 
@@ -103,5 +104,6 @@ def presentation_attack(
     implementation is asked; return a :class:`gate.liveness.LivenessVerdict`,
     or None to abstain. One ``attack`` verdict denies the grant (reason
     ``presentation_attack``), and so does an exception (``liveness_error``):
-    a liveness check that fails never lets anyone in.
+    a liveness check that fails never lets anyone in. ``config`` is the
+    configuration of the run (a plugin reads its settings there).
     """

@@ -207,7 +207,12 @@ class DoorLoop:
         if self.hook is None or not self.hook.presentation_attack.get_hookimpls():
             return None
         for impl in self.hook.presentation_attack.get_hookimpls():
-            args = {"door": self.door.name, "person_id": person_id, "frames": list(outcome.history)}
+            args = {
+                "door": self.door.name,
+                "person_id": person_id,
+                "frames": list(outcome.history),
+                "config": self.config,
+            }
             try:
                 verdict = impl.function(**{name: args[name] for name in impl.argnames})
             except Exception:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from gate import hookimpl
-from gate.config import GateConfig, LivenessConfig, load_config
+from gate.config import GateConfig, LivenessConfig
 from gate.liveness import LivenessVerdict, TrackFrame
 
 NAME = "liveness"
@@ -38,27 +38,11 @@ FACE_SIDE = 64
 #: spectrum band (cycles per pixel) where a screen's grid shows
 SCREEN_BAND = (0.25, 0.5)
 
-_settings: LivenessConfig | None = None
-
-
-def configure(config: GateConfig | LivenessConfig | None) -> None:
-    """Use these settings; None: read ``[liveness]`` again from the config file gate loads."""
-    global _settings
-    _settings = config.liveness if isinstance(config, GateConfig) else config
-
-
-def settings() -> LivenessConfig:
-    """The settings in force: as configured, else the config file's, read once."""
-    global _settings
-    if _settings is None:
-        _settings = load_config().liveness
-    return _settings
-
 
 @hookimpl
-def presentation_attack(frames: list[TrackFrame]) -> LivenessVerdict | None:
+def presentation_attack(frames: list[TrackFrame], config: GateConfig) -> LivenessVerdict | None:
     """The baseline's verdict on a track about to be granted; abstains when disabled."""
-    chosen = settings()
+    chosen = config.liveness
     if not chosen.enabled:
         return None
     return judge(frames, chosen)

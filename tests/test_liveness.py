@@ -26,26 +26,17 @@ from tests.conftest import data_path
 CONFIG = {"pipeline": {"actuators": ["log"]}, "decision": {"snapshots": False}}
 
 
-@pytest.fixture(autouse=True)
-def site_config(tmp_path, monkeypatch):
-    """Every test reads its own config file (liveness off unless a test turns it on)."""
-    path = tmp_path / "gate.toml"
-    path.write_text('[pipeline]\nactuators = ["log"]\n')
-    monkeypatch.setenv("GATE_CONFIG", str(path))
-    liveness.configure(None)
-    yield path
-    liveness.configure(None)
-
-
-def liveness_on(path: Path) -> None:
-    """Turn the baseline on in the site's config file, at its shipped thresholds."""
-    path.write_text(path.read_text() + "[liveness]\nenabled = true\n")
-    liveness.configure(None)  # read it again
-
-
 @pytest.fixture(scope="module")
 def pipeline(pm_module):
     built = Pipeline(parse_config(CONFIG), pm_module.registry)
+    yield built
+    built.close()
+
+
+@pytest.fixture(scope="module")
+def guarded(pm_module):
+    """A pipeline whose config turns the baseline on, at its shipped thresholds."""
+    built = Pipeline(parse_config({**CONFIG, "liveness": {"enabled": True}}), pm_module.registry)
     yield built
     built.close()
 
@@ -126,32 +117,29 @@ def test_a_check_that_fails_denies_the_grant(pipeline, pm_module, db, tmp_path):
     assert [(e.decision, e.reason) for e in events] == [("denied", "liveness_error")]
 
 
-def test_the_baseline_denies_the_still_photo(pipeline, pm_module, db, tmp_path, site_config):
-    liveness_on(site_config)
-    enroll_obama(db, pipeline)
-    events = run_door(pipeline, pm_module, db, still_photo_source(tmp_path))
+def test_the_baseline_denies_the_still_photo(guarded, pm_module, db, tmp_path):
+    enroll_obama(db, guarded)
+    events = run_door(guarded, pm_module, db, still_photo_source(tmp_path))
     assert [(e.decision, e.reason) for e in events] == [("denied", "presentation_attack")]
 
 
-def test_the_baseline_denies_the_demo_clip_of_zoomed_photos(pipeline, pm_module, db, site_config):
-    liveness_on(site_config)
+def test_the_baseline_denies_the_demo_clip_of_zoomed_photos(guarded, pm_module, db):
     for person in ("obama", "biden"):
         folder = sample_path("people", person)
-        assert enroll(db, pipeline, person, sorted(folder.iterdir())).stored
-    events = run_door(pipeline, pm_module, db, sample_path("door.mp4"))
+        assert enroll(db, guarded, person, sorted(folder.iterdir())).stored
+    events = run_door(guarded, pm_module, db, sample_path("door.mp4"))
     assert not [e for e in events if e.decision == "granted"]
     # both enrolled people's photos were recognised, and both were caught
     assert [e.reason for e in events].count("presentation_attack") == 2
 
 
 @pytest.mark.slow
-def test_the_baseline_lets_the_clips_known_people_through(pipeline, pm_module, db, site_config):
-    liveness_on(site_config)
+def test_the_baseline_lets_the_clips_known_people_through(guarded, pm_module, db):
     known = data_path("video", "hamilton_known")
     people = ("alex_lacamoire", "lin_manuel_miranda")
     for person in people:
-        assert enroll(db, pipeline, person, [known / f"{person}.png"]).stored
-    events = run_door(pipeline, pm_module, db, data_path("video", "hamilton_short.mp4"))
+        assert enroll(db, guarded, person, [known / f"{person}.png"]).stored
+    events = run_door(guarded, pm_module, db, data_path("video", "hamilton_short.mp4"))
     assert {e.person for e in events if e.decision == "granted"} == set(people)
     assert "presentation_attack" not in {e.reason for e in events}
 
@@ -202,11 +190,12 @@ def test_the_baseline_never_raises_on_odd_input():
     assert liveness.judge([frame(textured, clock=i) for i in range(4)], on).attack
 
 
-def test_disabled_the_baseline_abstains(site_config):
+def test_disabled_the_baseline_abstains():
     still = [frame(np.zeros((96, 96, 3), np.uint8), clock=i) for i in range(3)]
-    assert liveness.presentation_attack(frames=still) is None
-    liveness_on(site_config)
-    assert liveness.presentation_attack(frames=still).attack
+    off = parse_config(CONFIG)
+    assert liveness.presentation_attack(frames=still, config=off) is None
+    on = parse_config({**CONFIG, "liveness": {"enabled": True}})
+    assert liveness.presentation_attack(frames=still, config=on).attack
 
 
 def test_the_baseline_aligns_the_loops_crops_like_the_whole_frame(pipeline):
