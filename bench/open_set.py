@@ -30,10 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gate.calibration import calibrate
+from gate.calibration import calibrate, pairwise, person_means
 from gate.quality import SMALL_FACE_PX
 from gate_plugins._dlib import impostor_model
-from gate_plugins.nearest import person_means
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("fit", ROOT / "tools" / "fit_impostor_model.py")
@@ -61,7 +60,7 @@ def binomial_interval(k: int, n: int) -> tuple[float, float]:
 
 def person_scores(probes: np.ndarray, gallery: np.ndarray, owners: np.ndarray, people: int):
     """Per-person nearest-template distance ``(probes, people)``."""
-    d = fit.distances(probes, gallery)
+    d = pairwise(probes, gallery)
     out = np.full((len(probes), people), np.inf)
     for p in range(people):
         out[:, p] = d[:, owners == p].min(axis=1)
@@ -120,7 +119,7 @@ def track_named(emb, seq, means, threshold, margin, min_views=2):
         views = emb[seq[:n]]
         fused = views.mean(axis=0, keepdims=True)
         spread = float(((views - fused) ** 2).sum(axis=1).mean())
-        scores = np.sqrt(fit.distances(fused, means) ** 2 + spread)
+        scores = np.sqrt(pairwise(fused, means) ** 2 + spread)
         named = decide(scores, threshold, margin)[0]
         if named >= 0:
             return named
@@ -152,7 +151,7 @@ def normalised_separation(raw_s, raw_g, owner, cohort_s, cohort_g) -> tuple[floa
 
 
 def cohort_stats(probes: np.ndarray, cohort: np.ndarray) -> np.ndarray:
-    d = fit.distances(probes, cohort)
+    d = pairwise(probes, cohort)
     return np.stack([d.mean(axis=1), d.std(axis=1)], axis=1)
 
 
@@ -183,8 +182,8 @@ def run_condition(cache: Path, condition: str, risk: float, reps: int, rng, det=
                     person_scores(emb_all[gen], emb_all[g], owners, people),
                 ),
                 "mean": (
-                    fit.distances(emb_all[strangers], means),
-                    fit.distances(emb_all[gen], means),
+                    pairwise(emb_all[strangers], means),
+                    pairwise(emb_all[gen], means),
                 ),
             }
             cals = {rule: calibrate(m, emb_all[g], owners, risk) for rule, m in models.items()}

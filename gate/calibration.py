@@ -62,7 +62,7 @@ class ConditionModel:
         return far
 
     def genuine_share(self, k: int, t: float) -> float:
-        """Share of an enrolled person's photos within ``t`` of their nearest template."""
+        """Share of an enrolled person's photos within ``t`` of them (``k`` templates)."""
         row = self.genuine[min(max(1, int(k)), MAX_K) - 1]
         return float(np.interp(t, self.grid, row, left=0.0, right=1.0))
 
@@ -142,6 +142,29 @@ def normalise(embeddings: np.ndarray, radius: float | None) -> np.ndarray:
     return (x * (radius / np.maximum(norms, 1e-12))).astype(np.float32)
 
 
+def pairwise(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """Euclidean distances between the rows of ``a`` and of ``b`` (``a`` itself by default)."""
+    a = np.asarray(a, np.float64)
+    b = a if b is None else np.asarray(b, np.float64)
+    sa, sb = (a**2).sum(1), (b**2).sum(1)
+    return np.sqrt(np.maximum(sa[:, None] + sb[None, :] - 2 * a @ b.T, 0.0))
+
+
+def person_means(templates: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Each person's mean template, scaled to the mean length of their templates.
+
+    ``templates`` are grouped by person, each group starting at ``starts``.
+    Averaging shortens a vector; scaled back, the mean sits among the person's
+    templates rather than inside them (the normalised mean).
+    """
+    templates = np.asarray(templates, np.float64)
+    counts = np.diff(np.append(starts, len(templates)))
+    sums = np.add.reduceat(templates, starts, axis=0)
+    lengths = np.add.reduceat(np.linalg.norm(templates, axis=1), starts) / counts
+    norms = np.linalg.norm(sums, axis=1)
+    return sums * (lengths / np.maximum(norms, 1e-12))[:, None]
+
+
 def save_models(models: Sequence[ImpostorModel], path: str | Path) -> None:
     """Write the curves of several rules of one space to one JSON file."""
     grid = next(iter(models[0].conditions.values())).grid
@@ -209,8 +232,7 @@ def site_distances(embeddings: np.ndarray, person_ids: np.ndarray, limit: int = 
     if n > limit:
         pick = np.random.default_rng(0).choice(n, limit, replace=False)
         x, ids = x[pick], ids[pick]
-    sq = (x**2).sum(1)
-    d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0))
+    d = pairwise(x)
     other = ids[:, None] != ids[None, :]
     upper = np.triu(np.ones_like(other), 1)
     return d[other & upper]
@@ -286,9 +308,7 @@ def look_alikes(
     ids = np.asarray(person_ids)
     if len(np.unique(ids)) < 2:
         return []
-    x = np.asarray(embeddings, np.float64)
-    sq = (x**2).sum(1)
-    d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0))
+    d = pairwise(embeddings)
     closest: dict[tuple[int, int], float] = {}
     rows, cols = np.nonzero((d <= threshold) & (ids[:, None] < ids[None, :]))
     for i, j in zip(rows, cols, strict=True):
@@ -311,12 +331,9 @@ def look_alike_caps(
     people = np.unique(ids)
     if len(people) < 2:
         return {}
-    x = np.asarray(embeddings, np.float64)
-    means = np.stack([x[ids == p].mean(axis=0) for p in people])
-    lengths = np.array([np.linalg.norm(x[ids == p], axis=1).mean() for p in people])
-    means *= (lengths / np.maximum(np.linalg.norm(means, axis=1), 1e-12))[:, None]
-    sq = (means**2).sum(1)
-    d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * means @ means.T, 0.0))
+    order = np.argsort(ids, kind="stable")
+    means = person_means(np.asarray(embeddings)[order], np.searchsorted(ids[order], people))
+    d = pairwise(means)
     np.fill_diagonal(d, np.inf)
     nearest = d.min(axis=1)
     return {int(p): float(n - margin) for p, n in zip(people, nearest, strict=True)}

@@ -89,7 +89,7 @@ class DoorDecider:
         for track in seen:
             if track.granted is not None or track.evidence < self.settings.confirm_frames:
                 continue
-            match, limit = self.judge(track.fused(), track.spread(), track.recognitions())
+            match, limit = self.judge(*track.fused(), track.recognitions())
             self._judged[track.id] = (match, limit)
             if match.status == "match" and match.person_id is not None:
                 ready.append((match.distance, track, match, limit))

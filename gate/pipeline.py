@@ -9,7 +9,14 @@ from functools import cached_property
 import numpy as np
 from pydantic import ValidationError
 
-from gate.calibration import Calibration, ImpostorModel, calibrate, look_alike_caps, normalise
+from gate.calibration import (
+    Calibration,
+    ImpostorModel,
+    calibrate,
+    look_alike_caps,
+    look_alikes,
+    normalise,
+)
 from gate.components import Actuator, Component, Detector, Encoder, Face, Match, Matcher
 from gate.config import (
     DEFAULT_STRANGER_ACCEPTANCE,
@@ -78,6 +85,10 @@ class Pipeline:
         self.config = config
         self.registry = registry
         self.context = context or Context(config)
+        #: the templates given to the matcher last, as it compares them, and their people
+        self.templates: tuple[np.ndarray, np.ndarray] | None = None
+        self._calibration: Calibration | None = None
+        self._caps: dict[int, float] = {}
 
     def build(self, kind: str, name: str) -> Component:
         """An instance of the ``kind`` called ``name`` with its options from the config."""
@@ -121,7 +132,7 @@ class Pipeline:
     @property
     def calibration(self) -> Calibration:
         """The thresholds in force for the templates loaded last (none loaded: an empty site)."""
-        if self.__dict__.get("_calibration") is None:
+        if self._calibration is None:
             self.fit(np.zeros((0, self.encoder.dim), np.float32), np.zeros(0, np.int64))
         return self._calibration
 
@@ -149,12 +160,19 @@ class Pipeline:
         """Give the matcher these templates and calibrate the thresholds for them."""
         embeddings = self.normalise(embeddings)
         self.matcher.fit(embeddings, person_ids)
+        self.templates = (embeddings, np.asarray(person_ids))
         self._caps = look_alike_caps(embeddings, person_ids, self.config.recognition.min_margin)
         return self.recalibrate(embeddings, person_ids)
 
+    def look_alikes(self) -> list[tuple[int, int, float]]:
+        """Pairs of people enrolled whose templates lie within the colour threshold in force."""
+        if self.templates is None:
+            return []
+        return look_alikes(*self.templates, self.calibration.threshold("colour"))
+
     def _capped(self, match: Match) -> Match:
         """A match beyond its person's look-alike cap becomes ``ambiguous``."""
-        cap = self.__dict__.get("_caps", {}).get(match.person_id)
+        cap = self._caps.get(match.person_id)
         if match.status == "match" and cap is not None and match.distance > cap:
             return replace(match, status="ambiguous", person_id=None)
         return match

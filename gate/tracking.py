@@ -63,7 +63,7 @@ class Track:
     granted: int | None = None  # the person it was granted as
     snapshot: np.ndarray | None = None  # a picture of the best view, for the log
     history: deque = field(default_factory=lambda: deque(maxlen=HISTORY))  # TrackFrames
-    _views: deque = field(default_factory=deque)  # (embedding, weight, recognition)
+    _views: deque = field(default_factory=deque)  # the good views (Recognitions)
     _last_embedding: np.ndarray | None = None
 
     def add(self, rec: Recognition, now: float, counts: bool) -> None:
@@ -76,11 +76,10 @@ class Track:
         if len(rec.embedding):
             self._last_embedding = rec.embedding
         if counts:
-            weight = max(rec.quality.value if rec.quality else 1.0, 1e-3)
-            self._views.append((rec.embedding, weight, rec))
+            self._views.append(rec)
             while len(self._views) > self.window:
                 self._views.popleft()
-            if self.best is None or weight >= _weight(self.best):
+            if self.best is None or _weight(rec) >= _weight(self.best):
                 self.best = rec
 
     @property
@@ -88,26 +87,23 @@ class Track:
         """How many good views the fused embedding is made of."""
         return len(self._views)
 
-    def fused(self) -> np.ndarray:
-        """The quality-weighted mean of the good views' embeddings."""
-        vectors = np.stack([v for v, _, _ in self._views])
-        weights = np.array([w for _, w, _ in self._views])
-        return (weights[:, None] * vectors).sum(axis=0) / weights.sum()
-
-    def spread(self) -> float:
-        """The weighted mean squared distance of the good views from the fused embedding."""
-        vectors = np.stack([v for v, _, _ in self._views])
-        weights = np.array([w for _, w, _ in self._views])
-        deviations = ((vectors - self.fused()) ** 2).sum(axis=1)
-        return float((weights * deviations).sum() / weights.sum())
+    def fused(self) -> tuple[np.ndarray, float]:
+        """The good views' quality-weighted mean embedding, and their spread around it
+        (the weighted mean squared distance of the views from the mean)."""
+        vectors = np.stack([rec.embedding for rec in self._views])
+        weights = np.array([_weight(rec) for rec in self._views])
+        mean = (weights[:, None] * vectors).sum(axis=0) / weights.sum()
+        deviations = ((vectors - mean) ** 2).sum(axis=1)
+        return mean, float((weights * deviations).sum() / weights.sum())
 
     def recognitions(self) -> list[Recognition]:
         """The good views the fused embedding is made of, oldest first."""
-        return [rec for _, _, rec in self._views]
+        return list(self._views)
 
 
 def _weight(rec: Recognition) -> float:
-    return rec.quality.value if rec.quality else 1.0
+    """A view's weight in the fused embedding: its quality (never quite zero)."""
+    return max(rec.quality.value if rec.quality else 1.0, 1e-3)
 
 
 class Tracker:

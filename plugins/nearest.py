@@ -8,6 +8,7 @@ import numpy as np
 from pydantic import Field
 
 from gate import hookimpl
+from gate.calibration import person_means
 from gate.components import Match, Matcher, StrictOptions
 
 
@@ -17,19 +18,6 @@ class NearestOptions(StrictOptions):
         description="Score a person by the mean of their templates (separates strangers "
         "better: docs/open-set.md) or by their nearest template.",
     )
-
-
-def person_means(templates: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """Each person's mean template, scaled to the mean length of their templates.
-
-    Averaging shortens a vector; scaled back, the mean sits among the person's
-    templates rather than inside them (the normalised mean).
-    """
-    counts = np.diff(np.append(starts, len(templates)))
-    sums = np.add.reduceat(templates, starts, axis=0)
-    lengths = np.add.reduceat(np.linalg.norm(templates, axis=1), starts) / counts
-    norms = np.linalg.norm(sums, axis=1)
-    return sums * (lengths / np.maximum(norms, 1e-12))[:, None]
 
 
 class NearestMatcher(Matcher):

@@ -36,9 +36,10 @@ from gate.calibration import (
     ConditionModel,
     ImpostorModel,
     normalise,
+    pairwise,
+    person_means,
     save_models,
 )
-from gate_plugins.nearest import person_means
 
 GRID = np.round(np.arange(0.20, 0.8001, 0.0025), 4)
 #: which cached set stands for each condition
@@ -66,11 +67,6 @@ def load(cache: Path, condition: str, half: str | None = None):
     keep = np.ones(len(labels), bool) if half is None else np.array(
         [lfw_half(n) == half for n in labels])  # fmt: skip
     return normalise(data["embedding"][keep], RADIUS).astype(np.float64), labels[keep]
-
-
-def distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    sa, sb = (a**2).sum(1), (b**2).sum(1)
-    return np.sqrt(np.maximum(sa[:, None] + sb[None, :] - 2 * a @ b.T, 0.0))
 
 
 def scores_to(emb, d, pick, rule):
@@ -171,7 +167,7 @@ def smooth_tail(far: np.ndarray, below: np.ndarray) -> np.ndarray:
 
 def fit_condition(cache: Path, source: str, rule: str, rng) -> ConditionModel:
     emb, labels = load(cache, source, "fit")
-    d = distances(emb, emb)
+    d = pairwise(emb)
     log_far, genuine = [], []
     for k in range(1, MAX_K + 1):
         rounds = 1 if k == 1 else 8

@@ -108,18 +108,15 @@ def people() -> None:
 def people_list(app: App, as_json: bool) -> None:
     """Everyone enrolled, with their number of face templates.
 
-    People whose templates lie within the threshold in force of someone
+    People whose templates lie within the (colour) threshold in force of someone
     else's are flagged ("looks like NAME"): add photos of both.
     """
     rows = app.db.people()
     if len(rows) > 1:
-        from gate.calibration import look_alikes
-
-        embeddings, person_ids = app.db.load_templates(app.pipeline.encoder.space)
-        app.pipeline.fit(embeddings, person_ids)
+        app.pipeline.load_templates(app.db)
         names = app.db.names()
         alike: dict[str, list[str]] = {}
-        for p, q, d in look_alikes(embeddings, person_ids, app.pipeline.threshold):
+        for p, q, d in app.pipeline.look_alikes():
             alike.setdefault(names[p], []).append(f"{names[q]} ({d:.2f})")
             alike.setdefault(names[q], []).append(f"{names[p]} ({d:.2f})")
         for row in rows:

@@ -81,15 +81,12 @@ def calibrate(app: App, as_json: bool) -> None:
     condition (colour or grey, faces under 80 px or not) from a model of how
     close strangers come, refined on the enrolled people themselves.
     """
-    from gate.calibration import look_alikes
-
-    embeddings, person_ids = app.db.load_templates(app.pipeline.encoder.space)
     app.pipeline.load_templates(app.db)
     cal = app.pipeline.calibration
     names = app.db.names()
     alike = [
         {"person": names[p], "other": names[q], "distance": round(d, 4)}
-        for p, q, d in look_alikes(embeddings, person_ids, cal.threshold("colour"))
+        for p, q, d in app.pipeline.look_alikes()
     ]
     r = app.config.recognition
     data = {
