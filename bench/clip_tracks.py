@@ -19,12 +19,12 @@ import tempfile
 from pathlib import Path
 
 from gate.config import DecisionConfig, parse_config
-from gate.database import GateDB
-from gate.decisions import DoorDecider
-from gate.enrollment import enroll
-from gate.images import list_images
-from gate.pipeline import Pipeline
 from gate.plugins import make_plugin_manager
+from gate.recognition.enrollment import enroll
+from gate.recognition.images import list_images
+from gate.recognition.pipeline import Pipeline
+from gate.runtime.decisions import DoorDecider
+from gate.storage.database import GateDB
 
 
 def decode(pipeline: Pipeline, clip: Path):

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from gate.config import parse_config
-from gate.images import list_images, read_image
-from gate.pipeline import Pipeline
 from gate.plugins import make_plugin_manager
-from gate.quality import measure
+from gate.recognition.images import list_images, read_image
+from gate.recognition.pipeline import Pipeline
+from gate.recognition.quality import measure
 
 CONDITIONS = {"colour": (False, None), "grey": (True, None), "colour-64": (False, 64),
               "grey-64": (True, 64), "grey-96": (True, 96), "colour-far": (False, 52),

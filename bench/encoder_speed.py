@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
-from gate.nn.dlib_resnet import chips_to_tensor, default_model_path, load_dlib_resnet
+from gate.recognition.nn.dlib_resnet import chips_to_tensor, default_model_path, load_dlib_resnet
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from gate.config import parse_config
-from gate.evaluation import open_set_identification
-from gate.images import list_images, read_image
-from gate.pipeline import Pipeline
 from gate.plugins import make_plugin_manager
+from gate.recognition.evaluation import open_set_identification
+from gate.recognition.images import list_images, read_image
+from gate.recognition.pipeline import Pipeline
 
 SETS = ["face_recognition", "deepface", "bbt", "dlib_johns"]
 

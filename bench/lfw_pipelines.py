@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from gate.config import parse_config
-from gate.evaluation import (
+from gate.plugins import make_plugin_manager
+from gate.recognition.evaluation import (
     accuracy_with_train_threshold,
     eer,
     kfold_accuracy,
@@ -29,11 +30,10 @@ from gate.evaluation import (
     roc,
     tar_at_far,
 )
-from gate.images import read_image
-from gate.lfw import read_pairs, unique_images
-from gate.lfw_protocol import centre_face, pair_distances
-from gate.pipeline import Pipeline
-from gate.plugins import make_plugin_manager
+from gate.recognition.images import read_image
+from gate.recognition.lfw import read_pairs, unique_images
+from gate.recognition.lfw_protocol import centre_face, pair_distances
+from gate.recognition.pipeline import Pipeline
 
 PIPELINES = {
     "dlib (HOG, 5-point, compute_face_descriptor)": ("dlib-hog", "dlib", {}),

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from gate.config import parse_config
-from gate.database import GateDB
-from gate.doors import doors_for_run
-from gate.enrollment import enroll
-from gate.pipeline import Pipeline
 from gate.plugins import make_plugin_manager
-from gate.runner import Runner
+from gate.recognition.enrollment import enroll
+from gate.recognition.pipeline import Pipeline
+from gate.runtime.doors import doors_for_run
+from gate.runtime.runner import Runner
+from gate.storage.database import GateDB
 
 
 class Timed:

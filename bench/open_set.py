@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gate.calibration import calibrate, pairwise, person_means
-from gate.quality import SMALL_FACE_PX
+from gate.recognition.calibration import calibrate, pairwise, person_means
+from gate.recognition.quality import SMALL_FACE_PX
 from gate_plugins._dlib import impostor_model
 
 ROOT = Path(__file__).resolve().parents[1]

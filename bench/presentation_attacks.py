@@ -51,13 +51,13 @@ import numpy as np
 
 from gate.components import Match
 from gate.config import DecisionConfig, LivenessConfig, parse_config
-from gate.database import GateDB
-from gate.decisions import DoorDecider
-from gate.enrollment import enroll
-from gate.images import cv2, face_region, list_images, read_image
-from gate.liveness import TrackFrame
-from gate.pipeline import Pipeline
 from gate.plugins import make_plugin_manager
+from gate.policy.liveness import TrackFrame
+from gate.recognition.enrollment import enroll
+from gate.recognition.images import cv2, face_region, list_images, read_image
+from gate.recognition.pipeline import Pipeline
+from gate.runtime.decisions import DoorDecider
+from gate.storage.database import GateDB
 from gate_plugins.liveness import cues, judge
 
 FPS = 25.0

@@ -2,7 +2,7 @@
 
 The task is built from ``../shared/data/train/glint_subset`` (no LFW): with a seed, some people
 are held out entirely as *strangers*; for every other (*enrolled*) person K photos are the
-site's photos, used both to train a variant (``gate.metric.train.train``, which holds out a
+site's photos, used both to train a variant (``metric.train.train``, which holds out a
 quarter of these people again for validation and the threshold) and as that person's
 enrolled templates. The test is everything else: the enrolled people's other photos and all
 the strangers' photos.
@@ -42,9 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
-from gate.metric.folders import encode_folder
-from gate.metric.scoring import open_set, verification
-from gate.metric.train import train
+from gate.recognition.metric.folders import encode_folder
+from gate.recognition.metric.scoring import open_set, verification
+from gate.recognition.metric.train import train
 from gate_plugins.dlib_torch import DlibTorchEncoder, DlibTorchOptions
 from gate_plugins.yunet import YuNetDetector
 
@@ -261,8 +261,8 @@ def main() -> None:
 
 def encode_folder_subset(folder, rows: slice, detector, encoder) -> np.ndarray:
     """The given photos encoded from scratch by ``encoder`` (to check the fast path)."""
-    from gate.images import read_image
-    from gate.metric.folders import find_face
+    from gate.recognition.images import read_image
+    from gate.recognition.metric.folders import find_face
 
     out = []
     for path in folder.paths[rows]:

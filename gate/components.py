@@ -17,9 +17,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from gate.calibration import ImpostorModel
-    from gate.context import Context
-    from gate.events import AccessEvent
+    from gate.messaging.context import Context
+    from gate.recognition.calibration import ImpostorModel
+    from gate.storage.events import AccessEvent
 
 #: Landmark schemes a detector may report. ``yunet5``: the subject's right eye,
 #: left eye, nose tip, right mouth corner, left mouth corner. ``dlib5``: the
@@ -162,7 +162,7 @@ class Encoder(Component):
         ``rule`` is how the matcher scores a person (:attr:`Matcher.rule`).
 
         gate needs it to turn ``[recognition] stranger_acceptance`` into a
-        distance (:mod:`gate.calibration`); without one the encoder's fixed
+        distance (:mod:`gate.recognition.calibration`); without one the encoder's fixed
         ``threshold`` is used and gate says that no risk can be stated.
         """
         return None
@@ -173,7 +173,7 @@ class Matcher(Component):
 
     kind = "matcher"
     #: how a person is scored (``nearest`` template or ``mean`` of templates): the impostor
-    #: model for this rule calibrates the threshold (:mod:`gate.calibration`)
+    #: model for this rule calibrates the threshold (:mod:`gate.recognition.calibration`)
     rule: str = "nearest"
 
     def fit(self, embeddings: np.ndarray, person_ids: np.ndarray) -> None:
@@ -186,7 +186,7 @@ class Matcher(Component):
         """One :class:`Match` per row of ``embeddings``; unknown when in doubt.
 
         ``threshold`` is one distance for every row or one per row (gate
-        calibrates it per image condition: see :mod:`gate.calibration`).
+        calibrates it per image condition: see :mod:`gate.recognition.calibration`).
         """
         raise NotImplementedError
 
@@ -215,5 +215,5 @@ class Actuator(Component):
         """``door``'s camera gives frames (True), or not (False, and ``why``)."""
 
     def doors_changed(self, doors: list) -> None:
-        """The run's doors (:class:`gate.doors.DoorSpec`) after doors were added, changed,
+        """The run's doors (:class:`gate.runtime.doors.DoorSpec`) after doors were added, changed,
         disabled or removed while gate runs."""

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import click
 
-from gate.broker import EMBEDDED_USER, EmbeddedBroker, free_port
 from gate.config import parse_config
-from gate.database import GateDB
-from gate.doors import doors_for_run
-from gate.enrollment import enroll
-from gate.images import list_images
-from gate.pipeline import Pipeline
+from gate.messaging.broker import EMBEDDED_USER, EmbeddedBroker, free_port
 from gate.plugins import plugin_manager
-from gate.runner import Runner
+from gate.recognition.enrollment import enroll
+from gate.recognition.images import list_images
+from gate.recognition.pipeline import Pipeline
+from gate.runtime.doors import doors_for_run
+from gate.runtime.runner import Runner
+from gate.storage.database import GateDB
 
 
 def sample_path(*parts: str) -> Path:

@@ -18,11 +18,11 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from gate.access import AccessRequest, Verdict
     from gate.components import Actuator, Detector, Encoder, Matcher
     from gate.config import GateConfig
-    from gate.events import AccessEvent
-    from gate.liveness import LivenessVerdict, TrackFrame
+    from gate.policy.access import AccessRequest, Verdict
+    from gate.policy.liveness import LivenessVerdict, TrackFrame
+    from gate.storage.events import AccessEvent
 
 hookspec = pluggy.HookspecMarker("gate")
 hookimpl = pluggy.HookimplMarker("gate")
@@ -85,7 +85,7 @@ def access_policy(request: AccessRequest) -> Verdict | None:
     """Decide whether a recognised, confirmed person may pass a door now.
 
     Called once per confirmed person, before anything is unlocked. The first
-    implementation to return a :class:`gate.access.Verdict` decides; return
+    implementation to return a :class:`gate.policy.access.Verdict` decides; return
     None to leave the decision to the next one. gate's built-in rules
     (``gate_plugins.rules``) run last (``trylast``), so a plugin can veto
     ("deny everyone while the alarm is armed") or allow ahead of them, or wrap
@@ -101,7 +101,7 @@ def presentation_attack(
 
     Called once per track that the recognition would grant, before the access
     policy, with the track's recent frames (oldest first). Every
-    implementation is asked; return a :class:`gate.liveness.LivenessVerdict`,
+    implementation is asked; return a :class:`gate.policy.liveness.LivenessVerdict`,
     or None to abstain. One ``attack`` verdict denies the grant (reason
     ``presentation_attack``), and so does an exception (``liveness_error``):
     a liveness check that fails never lets anyone in. ``config`` is the

@@ -52,7 +52,7 @@ IMPOSTOR_MODEL = "impostors-dlib-resnet-v1.json"
 @cache
 def impostor_model(rule: str = "mean"):
     """How close strangers come in dlib's space, per image condition (loaded once per rule)."""
-    from gate.calibration import ImpostorModel
+    from gate.recognition.calibration import ImpostorModel
 
     with resources.as_file(resources.files("gate_plugins") / "models" / IMPOSTOR_MODEL) as path:
         return ImpostorModel.load(path, rule)

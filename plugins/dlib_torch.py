@@ -73,7 +73,7 @@ class DlibTorchEncoder(Encoder):
         super().__init__(options, context)
         import torch
 
-        from gate.nn.dlib_resnet import load_dlib_resnet
+        from gate.recognition.nn.dlib_resnet import load_dlib_resnet
 
         o = self.options
         if o.threads:
@@ -89,7 +89,7 @@ class DlibTorchEncoder(Encoder):
         self.head = None
         self.variant = None
         if o.variant is not None:
-            from gate.metric.head import apply_variant, load_variant
+            from gate.recognition.metric.head import apply_variant, load_variant
 
             self.variant = load_variant(o.variant)
             self.head = apply_variant(self.model, self.variant)
@@ -108,14 +108,14 @@ class DlibTorchEncoder(Encoder):
 
     def _sp5(self):
         if self._predictor is None:
-            from gate.nn.dlib_shape import load_shape_predictor
+            from gate.recognition.nn.dlib_shape import load_shape_predictor
 
             self._predictor = load_shape_predictor()
         return self._predictor
 
     def _views(self, image: np.ndarray, face: Face) -> list[np.ndarray]:
         """The image->chip matrices of one face, one per configured view."""
-        from gate.align import box_matrix, chip_matrix, similarity_fit, template
+        from gate.recognition.align import box_matrix, chip_matrix, similarity_fit, template
 
         matrices = []
         for view in self.options.alignments:
@@ -136,14 +136,14 @@ class DlibTorchEncoder(Encoder):
 
     def face_chips(self, image: np.ndarray, face: Face) -> list[np.ndarray]:
         """The aligned 150x150 RGB chips of one face in a BGR image, one per view."""
-        from gate.align import extract_chip
+        from gate.recognition.align import extract_chip
 
         return [extract_chip(image, matrix)[:, :, ::-1] for matrix in self._views(image, face)]
 
     def encode_many(self, items: Sequence[tuple[np.ndarray, Sequence[Face]]]) -> list[np.ndarray]:
         """Encode the faces of several images in shared forward passes."""
-        from gate.images import as_bgr
-        from gate.nn.dlib_resnet import DESCRIPTOR_SIZE
+        from gate.recognition.images import as_bgr
+        from gate.recognition.nn.dlib_resnet import DESCRIPTOR_SIZE
 
         chips, owners = [], []
         for index, (image, faces) in enumerate(items):

@@ -25,11 +25,11 @@ from collections import deque
 from pydantic import Field, SecretStr, model_validator
 
 from gate import hookimpl
+from gate.actions.controller import Verifier
+from gate.actions.signing import KeyStore, KeyStoreError, keys_folder
 from gate.components import Actuator, StrictOptions
-from gate.controller import Verifier
-from gate.homeassistant import discovery_payloads, door_topics, removal_payloads
-from gate.remote import RemotePolicy, parse_request
-from gate.signing import KeyStore, KeyStoreError, keys_folder
+from gate.messaging.homeassistant import discovery_payloads, door_topics, removal_payloads
+from gate.policy.remote import RemotePolicy, parse_request
 
 logger = logging.getLogger("gate.homeassistant")
 

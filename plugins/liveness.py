@@ -1,6 +1,6 @@
 """Liveness ``liveness``: a baseline check for a photo or a screen held up to the camera.
 
-Two cues over the frames of a face track (:class:`gate.liveness.TrackFrame`):
+Two cues over the frames of a face track (:class:`gate.policy.liveness.TrackFrame`):
 
 * **still**: a live face never quite holds still. Each frame's face is aligned
   on its landmarks and fitted onto the first frame's with a flat picture's
@@ -26,7 +26,7 @@ import numpy as np
 
 from gate import hookimpl
 from gate.config import GateConfig, LivenessConfig
-from gate.liveness import LivenessVerdict, TrackFrame
+from gate.policy.liveness import LivenessVerdict, TrackFrame
 
 NAME = "liveness"
 #: the loop's crops: the face box grown by this much each side ...
@@ -89,7 +89,7 @@ def _usable(frame: TrackFrame) -> bool:
 
 
 def _grey(crop: np.ndarray) -> np.ndarray:
-    from gate.images import cv2
+    from gate.recognition.images import cv2
 
     image = np.asarray(crop)
     if image.dtype != np.uint8:
@@ -103,7 +103,7 @@ def _grey(crop: np.ndarray) -> np.ndarray:
 
 def _crop_to_chip(frame: TrackFrame) -> np.ndarray:
     """The 2x3 map from the crop to the aligned face (``FACE_SIDE`` pixels)."""
-    from gate.align import CHIP_SIZE, box_matrix, chip_matrix
+    from gate.recognition.align import CHIP_SIZE, box_matrix, chip_matrix
 
     face = frame.face
     try:
@@ -120,7 +120,7 @@ def _crop_to_chip(frame: TrackFrame) -> np.ndarray:
 
 def _aligned(frame: TrackFrame) -> np.ndarray:
     """The frame's face, aligned on its landmarks, grey, ``FACE_SIDE`` pixels square."""
-    from gate.images import cv2
+    from gate.recognition.images import cv2
 
     cv = cv2()
     matrix = _crop_to_chip(frame)
@@ -145,7 +145,7 @@ _MASK = _mask()
 
 def _soft(face: np.ndarray) -> np.ndarray:
     """Blurred and scaled to zero mean, unit spread on the inner face (for the fit)."""
-    from gate.images import cv2
+    from gate.recognition.images import cv2
 
     soft = cv2().GaussianBlur(face, (0, 0), 1.0)
     values = soft[_MASK]
@@ -154,7 +154,7 @@ def _soft(face: np.ndarray) -> np.ndarray:
 
 def _detail(face: np.ndarray) -> np.ndarray:
     """The face's features without slow shading (light, a screen's banding): a band-pass."""
-    from gate.images import cv2
+    from gate.recognition.images import cv2
 
     cv = cv2()
     return cv.GaussianBlur(face, (0, 0), 1.0) - cv.GaussianBlur(face, (0, 0), 4.0)
@@ -163,7 +163,7 @@ def _detail(face: np.ndarray) -> np.ndarray:
 def _residual(reference: np.ndarray, face: np.ndarray) -> float:
     """What an affine fit of ``face`` onto ``reference`` leaves of the features' detail,
     as mean |difference| over the reference detail's spread."""
-    from gate.images import cv2
+    from gate.recognition.images import cv2
 
     cv = cv2()
     warp = np.eye(2, 3, dtype=np.float32)

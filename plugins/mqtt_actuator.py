@@ -2,7 +2,7 @@
 
 Every command carries ``type``, ``seq`` (rising per door, kept across restarts),
 a random ``nonce`` and ``sig``, the HMAC-SHA256 under the door's key (see
-``gate.signing`` and docs/security.md). A door without a key gets one on its
+``gate.actions.signing`` and docs/security.md). A door without a key gets one on its
 first command; a command that cannot be signed is not sent.
 """
 
@@ -15,9 +15,9 @@ from functools import cached_property
 from pydantic import Field
 
 from gate import hookimpl
+from gate.actions.signing import KeyStore, KeyStoreError, keys_folder
 from gate.components import Actuator, StrictOptions
 from gate.errors import ComponentError
-from gate.signing import KeyStore, KeyStoreError, keys_folder
 
 logger = logging.getLogger("gate.mqtt")
 

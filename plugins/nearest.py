@@ -8,8 +8,8 @@ import numpy as np
 from pydantic import Field
 
 from gate import hookimpl
-from gate.calibration import person_means
 from gate.components import Match, Matcher, StrictOptions
+from gate.recognition.calibration import person_means
 
 
 class NearestOptions(StrictOptions):

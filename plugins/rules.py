@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gate import hookimpl
-from gate.access import AccessRequest, Verdict, builtin_policy
+from gate.policy.access import AccessRequest, Verdict, builtin_policy
 
 
 @hookimpl(trylast=True)

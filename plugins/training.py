@@ -1,7 +1,7 @@
 """Commands ``gate train`` (fit an encoder variant to a site) and ``gate eval`` (measure one).
 
 Both read a folder with one subfolder of photos per person. ``gate train`` writes a variant of
-the ``dlib-torch`` encoder (see :mod:`gate.metric.train`); ``gate eval`` measures whatever
+the ``dlib-torch`` encoder (:mod:`gate.recognition.metric.train`); ``gate eval`` measures whatever
 encoder the config selects, variant or not: verification over every pair of photos and
 open-set identification with some people held out as strangers.
 """
@@ -17,7 +17,7 @@ import click
 
 from gate import hookimpl
 from gate.cli.base import App, json_option, pass_app
-from gate.metric.train import TRAIN_LOSSES, TRIPLET_MINING
+from gate.recognition.metric.train import TRAIN_LOSSES, TRIPLET_MINING
 
 STAGES = {"faces": "Finding faces", "encoding": "Encoding", "training": "Training"}
 
@@ -139,7 +139,7 @@ def train_command(
     .metrics.csv. Says so when no epoch beat the untrained head (nothing
     learnt) and when validation is too small to tell epochs apart.
     """
-    from gate.metric.train import train
+    from gate.recognition.metric.train import train
 
     section = dict(app.config.encoders.get("dlib-torch", {}))
     section.pop("variant", None)
@@ -165,7 +165,7 @@ def train_command(
     if as_json:
         click.echo(json.dumps(result.summary(), indent=2))
         return
-    from gate.metric.folders import describe_skip
+    from gate.recognition.metric.folders import describe_skip
 
     for skip in result.skipped:
         click.echo(f"skipped {describe_skip(skip)}", err=True)
@@ -200,7 +200,7 @@ def train_command(
     click.echo(f"wrote {result.path}")
     click.echo(f"      {result.metrics_json}")
     click.echo(f"      {result.metrics_csv}")
-    from gate.metric.head import variants_dir
+    from gate.recognition.metric.head import variants_dir
 
     named = result.path.parent.resolve() == variants_dir().resolve()
     use = result.variant.name if named else str(result.path.resolve())
@@ -309,9 +309,9 @@ def eval_command(
     """
     import numpy as np
 
-    from gate.evaluation import plot_roc
-    from gate.metric.folders import describe_skip, encode_folder
-    from gate.metric.scoring import open_set, pair_distances, verification
+    from gate.recognition.evaluation import plot_roc
+    from gate.recognition.metric.folders import describe_skip, encode_folder
+    from gate.recognition.metric.scoring import open_set, pair_distances, verification
 
     pipeline = app.pipeline
     encoder = pipeline.encoder

@@ -45,7 +45,7 @@ class YuNetDetector(Detector):
 
     def __init__(self, options=None, context=None):
         super().__init__(options, context)
-        from gate.images import cv2
+        from gate.recognition.images import cv2
 
         cv = cv2()
         model = np.frombuffer(load_model_bytes(), np.uint8)

@@ -237,7 +237,7 @@ def pm():
 
 @pytest.fixture
 def db(tmp_path: Path):
-    from gate.database import GateDB
+    from gate.storage.database import GateDB
 
     store = GateDB(tmp_path / "gate.db")
     yield store
@@ -248,8 +248,8 @@ def db(tmp_path: Path):
 def default_pipeline():
     """The default pipeline (built-ins, default config), built once: models are slow to load."""
     from gate.config import GateConfig
-    from gate.pipeline import Pipeline
     from gate.plugins import make_plugin_manager
+    from gate.recognition.pipeline import Pipeline
 
     pipeline = Pipeline(GateConfig(), make_plugin_manager(entry_points=False).registry)
     yield pipeline

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gate import hookimpl
-from gate.access import (
+from gate.policy.access import (
     AccessRequest,
     DoorInfo,
     Verdict,
@@ -19,7 +19,7 @@ from gate.access import (
     parse_clock,
     parse_days,
 )
-from gate.database import Template
+from gate.storage.database import Template
 
 BERLIN = ZoneInfo("Europe/Berlin")
 MONDAY_9 = datetime(2026, 11, 30, 9, 0, tzinfo=BERLIN)  # a Monday
@@ -149,10 +149,10 @@ def obama_at_the_door(tmp_path, pm):
     import shutil
 
     from gate.config import parse_config
-    from gate.database import GateDB
     from gate.demo import sample_path
-    from gate.enrollment import enroll
-    from gate.pipeline import Pipeline
+    from gate.recognition.enrollment import enroll
+    from gate.recognition.pipeline import Pipeline
+    from gate.storage.database import GateDB
 
     photo = sample_path("people", "obama", "obama.jpg")
     folder = tmp_path / "frames"
@@ -173,8 +173,8 @@ def obama_at_the_door(tmp_path, pm):
 
 
 def run_front(pipeline, db, pm):
-    from gate.doors import doors_for_run
-    from gate.runner import Runner
+    from gate.runtime.doors import doors_for_run
+    from gate.runtime.runner import Runner
 
     return Runner(
         pipeline, db.path, doors_for_run(db, pipeline.config, [], None), hook=pm.hook

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from gate.demo import sample_path
-from gate.enrollment import Refusal, enroll, examine
 from gate.errors import ImageError, StoreError
-from gate.images import read_image
+from gate.recognition.enrollment import Refusal, enroll, examine
+from gate.recognition.images import read_image
 from tests.conftest import data_path
 
 OBAMA = sample_path("people", "obama", "obama.jpg")
@@ -118,7 +118,7 @@ def test_identify_and_enroll_refuse_a_huge_image_in_one_line(huge_png, tmp_path)
 
 
 def test_a_folder_source_skips_a_huge_image_with_a_warning(huge_png, caplog):
-    from gate.capture import open_source
+    from gate.runtime.capture import open_source
 
     folder = huge_png.parent
     (folder / "b_face.jpg").write_bytes(OBAMA.read_bytes())

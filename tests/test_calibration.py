@@ -8,13 +8,13 @@ import logging
 import numpy as np
 import pytest
 
-from gate.calibration import CONDITIONS, calibrate, look_alikes
 from gate.config import parse_config
-from gate.database import GateDB
-from gate.enrollment import enroll
-from gate.images import list_images, read_image
-from gate.pipeline import Pipeline
 from gate.plugins import make_plugin_manager
+from gate.recognition.calibration import CONDITIONS, calibrate, look_alikes
+from gate.recognition.enrollment import enroll
+from gate.recognition.images import list_images, read_image
+from gate.recognition.pipeline import Pipeline
+from gate.storage.database import GateDB
 from gate_plugins._dlib import impostor_model
 from tests.conftest import data_path
 
@@ -167,8 +167,8 @@ def test_bbt3_stranger_is_not_named_alex(tmp_path):
 
 
 def test_people_close_to_someone_else_get_a_stricter_distance():
-    from gate.calibration import look_alike_caps
-    from gate.quality import FaceQuality
+    from gate.recognition.calibration import look_alike_caps
+    from gate.recognition.quality import FaceQuality
 
     # ada and bea sit 0.45 apart on a circle of radius 1.414; cy is far from both
     def at(angle: float) -> np.ndarray:

@@ -12,10 +12,10 @@ import time
 import numpy as np
 import pytest
 
-from gate.capture import END, Capture, Source, open_source
 from gate.config import CaptureConfig
 from gate.demo import sample_path
 from gate.errors import SourceError
+from gate.runtime.capture import END, Capture, Source, open_source
 
 
 class FlakyCamera(Source):

@@ -9,10 +9,10 @@ from click.testing import CliRunner
 
 from gate.cli import cli
 from gate.config import parse_config
-from gate.database import GateDB
-from gate.enrollment import examine
-from gate.pipeline import Pipeline
 from gate.plugins import make_plugin_manager
+from gate.recognition.enrollment import examine
+from gate.recognition.pipeline import Pipeline
+from gate.storage.database import GateDB
 from tests.conftest import data_path
 
 

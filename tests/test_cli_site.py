@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from gate.cli import cli
-from gate.database import GateDB, Template
-from gate.events import AccessEvent, utc_iso
+from gate.storage.database import GateDB, Template
+from gate.storage.events import AccessEvent, utc_iso
 
 
 @pytest.fixture

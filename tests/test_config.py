@@ -6,7 +6,7 @@ import pytest
 
 from gate.config import GateConfig, load_config, parse_config
 from gate.errors import ConfigError
-from gate.pipeline import Pipeline, check_component_sections
+from gate.recognition.pipeline import Pipeline, check_component_sections
 
 
 def write(tmp_path, text: str):

@@ -14,11 +14,11 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
+from gate.actions.controller import Controller, Verifier, load_relay
+from gate.actions.signing import KeyStore, seal
 from gate.components import DoorCommand
 from gate.config import parse_config
-from gate.context import Context
-from gate.controller import Controller, Verifier, load_relay
-from gate.signing import KeyStore, seal
+from gate.messaging.context import Context
 from gate_plugins.mqtt_actuator import MqttActuator
 
 
@@ -228,7 +228,7 @@ def test_gate_controller_without_a_key_says_so(tmp_path):
 
 def test_the_controller_module_is_light():
     code = (
-        "import sys, gate.controller, gate.signing\n"
+        "import sys, gate.actions.controller, gate.actions.signing\n"
         "print(sorted(m for m in ('torch', 'cv2', 'numpy') if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

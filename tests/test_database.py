@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from gate.database import GateDB, Template
 from gate.errors import StoreError
-from gate.events import AccessEvent, utc_iso
+from gate.storage.database import GateDB, Template
+from gate.storage.events import AccessEvent, utc_iso
 
 SCHEMA = {
     "people": {
@@ -135,7 +135,7 @@ def test_migrations_apply_once_and_reopen_cleanly(tmp_path):
 def test_a_database_of_the_first_schema_is_upgraded_keeping_its_data(tmp_path):
     from sqlite_utils import Database
 
-    from gate.migrations import migrations
+    from gate.storage.migrations import migrations
 
     old = Database(tmp_path / "old.db")
     migrations.apply(old, stop_before="m002_sites")

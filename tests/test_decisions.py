@@ -12,8 +12,8 @@ import numpy as np
 
 from gate.components import Face, Match
 from gate.config import DecisionConfig
-from gate.decisions import DoorDecider
-from gate.pipeline import TOO_SMALL, Recognition
+from gate.recognition.pipeline import TOO_SMALL, Recognition
+from gate.runtime.decisions import DoorDecider
 
 
 def box(slot: int) -> tuple[float, float, float, float]:
@@ -125,7 +125,7 @@ def test_small_faces_are_not_encoded_or_matched(default_pipeline):
     import cv2
 
     from gate.demo import sample_path
-    from gate.images import read_image
+    from gate.recognition.images import read_image
 
     photo = read_image(sample_path("people", "obama", "obama.jpg")).pixels
     small = cv2.resize(photo, None, fx=0.15, fy=0.15, interpolation=cv2.INTER_AREA)

@@ -1,4 +1,4 @@
-"""Tests for gate.nn: dlib's DNN file reader and the torch port of its face-recognition ResNet.
+"""gate.recognition.nn: dlib's DNN file reader and the torch port of its face-recognition ResNet.
 
 The equivalence test runs dlib itself on real faces from ``../shared/data`` and skips cleanly
 when dlib or the data are not there.
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from gate.nn.dlib_format import DlibFormatError, read_dlib_net
-from gate.nn.dlib_resnet import (
+from gate.recognition.nn.dlib_format import DlibFormatError, read_dlib_net
+from gate.recognition.nn.dlib_resnet import (
     MATCH_THRESHOLD,
     DlibResNet,
     cache_file,

@@ -1,4 +1,4 @@
-"""Tests for gate.nn.dlib_shape: dlib's shape_predictor file reader and its numpy predictor.
+"""dlib_shape: dlib's shape_predictor file reader and its numpy predictor.
 
 The parsing tests use the 5-point model from face_recognition_models and small synthetic
 models written here in dlib's serialisation. The equivalence tests run dlib itself on real
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gate.nn.dlib_shape import (
+from gate.recognition.nn.dlib_shape import (
     DlibFormatError,
     ShapePredictor,
     default_model_path,
@@ -447,7 +447,7 @@ def test_module_does_not_import_dlib(model_path: Path) -> None:
     code = (
         "import sys; sys.modules['dlib'] = None\n"
         "import numpy as np\n"
-        "from gate.nn.dlib_shape import read_shape_predictor\n"
+        "from gate.recognition.nn.dlib_shape import read_shape_predictor\n"
         f"sp = read_shape_predictor({str(model_path)!r})\n"
         "print(sp.predict(np.zeros((20, 20, 3), np.uint8), (2, 2, 17, 17)).shape)\n"
     )

@@ -7,7 +7,7 @@ import pytest
 
 from gate.components import Face
 from gate.demo import sample_path
-from gate.images import read_image
+from gate.recognition.images import read_image
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gate.evaluation import (
+from gate.recognition.evaluation import (
     Roc,
     accuracy_at,
     accuracy_with_train_threshold,

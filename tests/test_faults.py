@@ -17,16 +17,16 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from gate.capture import END, Capture, Source
 from gate.config import CaptureConfig, parse_config
-from gate.database import GateDB
 from gate.demo import sample_path
-from gate.doors import doors_for_run
-from gate.enrollment import enroll
-from gate.homeassistant import discovery
-from gate.images import list_images
-from gate.pipeline import Pipeline
-from gate.runner import Runner
+from gate.messaging.homeassistant import discovery
+from gate.recognition.enrollment import enroll
+from gate.recognition.images import list_images
+from gate.recognition.pipeline import Pipeline
+from gate.runtime.capture import END, Capture, Source
+from gate.runtime.doors import doors_for_run
+from gate.runtime.runner import Runner
+from gate.storage.database import GateDB
 from tests.conftest import data_path, free_port
 
 pytestmark = pytest.mark.slow

@@ -12,17 +12,17 @@ import time
 
 import pytest
 
+from gate.actions.controller import signed
+from gate.actions.signing import KeyStore
 from gate.config import parse_config
-from gate.controller import signed
-from gate.database import GateDB
 from gate.demo import sample_path
-from gate.doors import doors_for_run
-from gate.enrollment import enroll
-from gate.homeassistant import discovery
-from gate.images import list_images
-from gate.pipeline import Pipeline
-from gate.runner import Runner
-from gate.signing import KeyStore
+from gate.messaging.homeassistant import discovery
+from gate.recognition.enrollment import enroll
+from gate.recognition.images import list_images
+from gate.recognition.pipeline import Pipeline
+from gate.runtime.doors import doors_for_run
+from gate.runtime.runner import Runner
+from gate.storage.database import GateDB
 
 REQUIRED = {  # what Home Assistant's MQTT platforms require, plus what gate promises
     "lock": {"command_topic", "state_topic", "payload_lock", "payload_unlock", "payload_open",

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gate.lfw import Pair, PairSet, image_path, read_pairs, unique_images
+from gate.recognition.lfw import Pair, PairSet, image_path, read_pairs, unique_images
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 VIEW1 = DATA / "lfw-view1"

@@ -13,13 +13,13 @@ import pytest
 from gate import hookimpl
 from gate.components import Face
 from gate.config import LivenessConfig, parse_config
-from gate.database import GateDB
 from gate.demo import sample_path
-from gate.doors import doors_for_run
-from gate.enrollment import enroll
-from gate.liveness import LivenessVerdict, TrackFrame
-from gate.pipeline import Pipeline
-from gate.runner import Runner
+from gate.policy.liveness import LivenessVerdict, TrackFrame
+from gate.recognition.enrollment import enroll
+from gate.recognition.pipeline import Pipeline
+from gate.runtime.doors import doors_for_run
+from gate.runtime.runner import Runner
+from gate.storage.database import GateDB
 from gate_plugins import liveness
 from tests.conftest import data_path
 
@@ -199,8 +199,8 @@ def test_disabled_the_baseline_abstains():
 
 
 def test_the_baseline_aligns_the_loops_crops_like_the_whole_frame(pipeline):
-    from gate.align import CHIP_SIZE, chip_matrix, extract_chip
-    from gate.images import cv2, face_region, read_image
+    from gate.recognition.align import CHIP_SIZE, chip_matrix, extract_chip
+    from gate.recognition.images import cv2, face_region, read_image
 
     image = read_image(sample_path("people", "obama", "obama.jpg")).pixels
     (face,) = pipeline.detector.detect(image)

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 
 from gate.cli import cli
 from gate.config import RetentionConfig
-from gate.database import GateDB
 from gate.demo import sample_path
-from gate.events import AccessEvent, utc_iso
-from gate.retention import Purged, keep_purging, purge
+from gate.storage.database import GateDB
+from gate.storage.events import AccessEvent, utc_iso
+from gate.storage.retention import Purged, keep_purging, purge
 
 FACE = sample_path("people", "obama", "obama.jpg").read_bytes()  # a real JPEG of a face
 OTHER_FACE = sample_path("people", "biden", "biden.jpg").read_bytes()
@@ -236,7 +236,7 @@ def test_retention_keeps_a_broken_link_as_evidence(db):
 def test_events_logged_before_the_chain_existed_are_counted_not_checked(tmp_path):
     from sqlite_utils import Database
 
-    from gate.migrations import migrations
+    from gate.storage.migrations import migrations
 
     old = Database(tmp_path / "old.db")
     migrations.apply(old, stop_before="m004_log_chain")

@@ -1,4 +1,4 @@
-"""Tests for gate.metric.augment."""
+"""Tests for gate.recognition.metric.augment."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from gate.metric.augment import (
+from gate.recognition.metric.augment import (
     OPS,
     DoorCameraAugment,
     adjust_brightness_contrast,

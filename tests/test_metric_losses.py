@@ -1,4 +1,4 @@
-"""Tests for gate.metric.losses: values derived by hand on tiny 2-D inputs."""
+"""Tests for gate.recognition.metric.losses: values derived by hand on tiny 2-D inputs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gate.metric.losses import (
+from gate.recognition.metric.losses import (
     LOSS_NAMES,
     MINING_STRATEGIES,
     ArcFace,

@@ -1,4 +1,4 @@
-"""Tests for gate.metric.sampler.PKSampler."""
+"""Tests for gate.recognition.metric.sampler.PKSampler."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from gate.metric.sampler import PKSampler
+from gate.recognition.metric.sampler import PKSampler
 
 # identity -> number of images; identity 4 has a single image and is unusable
 COUNTS = {0: 5, 1: 4, 2: 3, 3: 2, 4: 1, 5: 6, 6: 8, 7: 7}

@@ -8,7 +8,7 @@ import sys
 import time
 
 from gate.config import MqttConfig
-from gate.mqtt import MqttLink
+from gate.messaging.mqtt import MqttLink
 
 
 def link_to(broker, **options) -> MqttLink:
@@ -31,7 +31,8 @@ def test_availability_is_retained_online_then_offline(mosquitto, subscribe):
 
 def test_last_will_says_offline_when_gate_dies(mosquitto, subscribe):
     code = (
-        "import time; from gate.config import MqttConfig; from gate.mqtt import MqttLink\n"
+        "import time\nfrom gate.config import MqttConfig\n"
+        "from gate.messaging.mqtt import MqttLink\n"
         f"l = MqttLink(MqttConfig(client_id='doomed'), '127.0.0.1', {mosquitto.port}); l.start()\n"
         "assert l.wait_connected(5); print('up', flush=True); time.sleep(60)\n"
     )

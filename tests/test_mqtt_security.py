@@ -18,15 +18,15 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from gate.broker import EMBEDDED_USER, EmbeddedBroker, broker_password, free_port
+from gate.actions.controller import Controller
+from gate.actions.signing import KeyStore
 from gate.components import DoorCommand
 from gate.config import MqttConfig, parse_config
-from gate.context import Context
-from gate.controller import Controller
 from gate.demo import sample_path
 from gate.errors import ConfigError
-from gate.mqtt import MqttLink
-from gate.signing import KeyStore
+from gate.messaging.broker import EMBEDDED_USER, EmbeddedBroker, broker_password, free_port
+from gate.messaging.context import Context
+from gate.messaging.mqtt import MqttLink
 from gate_plugins.mqtt_actuator import MqttActuator
 from tests.conftest import USERS, client_tls
 

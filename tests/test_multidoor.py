@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from gate.config import parse_config
-from gate.database import GateDB
 from gate.demo import sample_path
-from gate.doors import doors_for_run
-from gate.enrollment import enroll
-from gate.images import list_images
-from gate.pipeline import Pipeline
-from gate.runner import Runner
+from gate.recognition.enrollment import enroll
+from gate.recognition.images import list_images
+from gate.recognition.pipeline import Pipeline
+from gate.runtime.doors import doors_for_run
+from gate.runtime.runner import Runner
+from gate.storage.database import GateDB
 from tests.conftest import data_path
 
 pytestmark = pytest.mark.slow
@@ -52,8 +52,8 @@ def test_two_doors_run_together_and_keep_their_own_events(tmp_path, pm):
 def test_faces_of_several_doors_share_one_forward_pass(pm):
     import numpy as np
 
-    from gate.batching import SharedEncoder
-    from gate.images import read_image
+    from gate.recognition.images import read_image
+    from gate.runtime.batching import SharedEncoder
 
     pipeline = Pipeline(parse_config({}), pm.registry)
     image = read_image(sample_path("people", "obama", "obama.jpg")).pixels

@@ -16,10 +16,10 @@ from click.testing import CliRunner
 from gate import hookimpl, hookspecs
 from gate.components import Actuator, Detector, Face
 from gate.config import parse_config
-from gate.doors import doors_for_run
-from gate.pipeline import Pipeline
 from gate.plugins import BUILTIN_PLUGINS, make_plugin_manager
-from gate.runner import Runner
+from gate.recognition.pipeline import Pipeline
+from gate.runtime.doors import doors_for_run
+from gate.runtime.runner import Runner
 
 
 def test_every_hook_is_typed_and_documented():

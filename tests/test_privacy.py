@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from gate.cli import cli
-from gate.database import GateDB, Template
 from gate.demo import sample_path
-from gate.events import AccessEvent, utc_iso
+from gate.storage.database import GateDB, Template
+from gate.storage.events import AccessEvent, utc_iso
 
 FACE = sample_path("people", "obama", "obama.jpg").read_bytes()  # a real JPEG of a face
 OTHER_FACE = sample_path("people", "biden", "biden.jpg").read_bytes()

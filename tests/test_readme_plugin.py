@@ -7,12 +7,12 @@ import re
 from pathlib import Path
 
 from gate.config import parse_config
-from gate.database import GateDB
 from gate.demo import sample_path
-from gate.doors import doors_for_run
-from gate.enrollment import enroll
-from gate.pipeline import Pipeline
-from gate.runner import Runner
+from gate.recognition.enrollment import enroll
+from gate.recognition.pipeline import Pipeline
+from gate.runtime.doors import doors_for_run
+from gate.runtime.runner import Runner
+from gate.storage.database import GateDB
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "docs" / "examples" / "buzzer.py"

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gate.enrollment import Refusal, enroll, examine
-from gate.images import list_images, read_image
+from gate.recognition.enrollment import Refusal, enroll, examine
+from gate.recognition.images import list_images, read_image
 from tests.conftest import data_path
 
 
 @pytest.fixture(scope="module")
 def enrolled(default_pipeline, tmp_path_factory):
     """Everyone in people/face_recognition enrolled into a fresh database."""
-    from gate.database import GateDB
+    from gate.storage.database import GateDB
 
     db = GateDB(tmp_path_factory.mktemp("rec") / "gate.db")
     for person in sorted(p for p in data_path("people", "face_recognition").iterdir()):
@@ -77,7 +77,7 @@ def test_enrollment_refuses_no_face_several_faces_small_and_blurred(default_pipe
 
 
 def test_enrollment_keeps_the_face_crop_to_encode_again(default_pipeline):
-    from gate.images import decode_image, face_from_json
+    from gate.recognition.images import decode_image, face_from_json
 
     photo = data_path("people", "face_recognition", "biden", "biden.jpg")
     template = examine(default_pipeline, photo)

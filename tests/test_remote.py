@@ -14,13 +14,13 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
+from gate.actions.controller import Verifier, signed
+from gate.actions.signing import KeyStore
 from gate.config import parse_config
-from gate.controller import Verifier, signed
-from gate.database import GateDB
-from gate.doors import doors_for_run
-from gate.pipeline import Pipeline
-from gate.runner import Runner
-from gate.signing import KeyStore
+from gate.recognition.pipeline import Pipeline
+from gate.runtime.doors import doors_for_run
+from gate.runtime.runner import Runner
+from gate.storage.database import GateDB
 
 ALLOWED = {"remote_allow": ["home-assistant"], "remote_secret": "s3cret", "remote_per_minute": 3}
 

@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from gate.controller import Verifier
-from gate.signing import KeyStore, KeyStoreError, canonical, read_key, seal, unseal
+from gate.actions.controller import Verifier
+from gate.actions.signing import KeyStore, KeyStoreError, canonical, read_key, seal, unseal
 
 KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 EXAMPLE = {  # the worked example of docs/security.md

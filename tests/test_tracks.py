@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from gate.config import DecisionConfig
-from gate.database import GateDB
-from gate.decisions import DoorDecider
-from gate.enrollment import enroll
-from gate.images import list_images
+from gate.recognition.enrollment import enroll
+from gate.recognition.images import list_images
+from gate.runtime.decisions import DoorDecider
+from gate.storage.database import GateDB
 from tests.conftest import data_path
 
 pytestmark = pytest.mark.slow
@@ -27,8 +27,8 @@ STEP = 2  # every second frame of the 25 fps clip
 def pipeline():
     """A pipeline of its own: these tests load galleries into its matcher."""
     from gate.config import GateConfig
-    from gate.pipeline import Pipeline
     from gate.plugins import make_plugin_manager
+    from gate.recognition.pipeline import Pipeline
 
     built = Pipeline(GateConfig(), make_plugin_manager(entry_points=False).registry)
     yield built

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from gate.errors import ConfigError, TrainingError
-from gate.metric.head import (
+from gate.recognition.metric.head import (
     VARIANT_FORMAT,
     ProjectionHead,
     apply_variant,
@@ -24,7 +24,7 @@ from gate.metric.head import (
     tail_forward,
     trunk_forward,
 )
-from gate.metric.train import (
+from gate.recognition.metric.train import (
     DEFAULT_LOSS_OPTIONS,
     MIN_VAL_GENUINE_PAIRS,
     MIN_VAL_PEOPLE,
@@ -99,8 +99,8 @@ def base_encoder():
 
 
 def face_of(path: Path):
-    from gate.images import read_image
-    from gate.metric.folders import find_face
+    from gate.recognition.images import read_image
+    from gate.recognition.metric.folders import find_face
     from gate_plugins.yunet import YuNetDetector
 
     image, face, _ = find_face(YuNetDetector(), read_image(path).pixels)
@@ -222,7 +222,7 @@ def test_corrupt_or_foreign_variant_files_are_config_errors(trained, tmp_path):
 
 
 def test_trunk_then_tail_is_the_network():
-    from gate.nn.dlib_resnet import load_dlib_resnet
+    from gate.recognition.nn.dlib_resnet import load_dlib_resnet
 
     model = load_dlib_resnet()
     x = torch.rand(2, 3, 150, 150) * 255
@@ -234,7 +234,7 @@ def test_trunk_then_tail_is_the_network():
 
 
 def test_fine_tuned_blocks_are_stored_and_applied(tmp_path):
-    from gate.nn.dlib_resnet import load_dlib_resnet
+    from gate.recognition.nn.dlib_resnet import load_dlib_resnet
 
     model = load_dlib_resnet()
     state = backbone_state(model, 2)
@@ -414,7 +414,7 @@ def test_people_not_photos_are_split_and_the_split_is_seeded():
 
 
 def test_triplet_mining_choices_match_the_loss():
-    from gate.metric.losses import MINING_STRATEGIES
+    from gate.recognition.metric.losses import MINING_STRATEGIES
 
     assert TRIPLET_MINING == MINING_STRATEGIES
 
@@ -490,8 +490,8 @@ def test_tight_crops_are_padded_when_no_face_is_found_and_bad_photos_skipped(
     site, tmp_path, base_encoder
 ):
     from gate.components import Detector
-    from gate.images import read_image
-    from gate.metric.folders import encode_folder, find_face
+    from gate.recognition.images import read_image
+    from gate.recognition.metric.folders import encode_folder, find_face
     from gate_plugins.yunet import YuNetDetector
 
     class NeedsContext(Detector):
@@ -524,7 +524,7 @@ def test_tight_crops_are_padded_when_no_face_is_found_and_bad_photos_skipped(
 
 def test_an_untrained_linear_head_keeps_the_base_geometry(site, base_encoder):
     """Normalising dlib's descriptors bends their distances; the lifted head barely does."""
-    from gate.metric.folders import encode_folder
+    from gate.recognition.metric.folders import encode_folder
     from gate_plugins.yunet import YuNetDetector
 
     x = torch.from_numpy(encode_folder(site, YuNetDetector(), base_encoder).embeddings)
@@ -620,7 +620,7 @@ def test_photo_folders_take_gif_and_pillow_formats_and_list_what_they_skip(
 ):
     from PIL import Image
 
-    from gate.metric.folders import NOT_A_PHOTO, encode_folder, photo_suffixes
+    from gate.recognition.metric.folders import NOT_A_PHOTO, encode_folder, photo_suffixes
     from gate_plugins.yunet import YuNetDetector
 
     assert {".gif", ".tga", ".jpg", ".png"} <= photo_suffixes()
@@ -654,7 +654,7 @@ def test_photo_folders_take_gif_and_pillow_formats_and_list_what_they_skip(
 def test_folders_without_a_readable_image_say_so(tmp_path, base_encoder):
     from click.testing import CliRunner
 
-    from gate.metric.folders import encode_folder, person_folders
+    from gate.recognition.metric.folders import encode_folder, person_folders
     from gate_plugins.yunet import YuNetDetector
 
     with pytest.raises(TrainingError, match="no subfolders"):

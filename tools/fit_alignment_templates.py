@@ -1,4 +1,4 @@
-"""Fit the 5-point alignment templates of gate/align.py from dlib's own face chips.
+"""Fit the 5-point alignment templates of gate/recognition/align.py from dlib's own face chips.
 
 dlib aligns a face by fitting its 5-point landmarks to a template and cutting a
 150x150 chip with padding 0.25. This script finds where each landmark scheme
@@ -17,8 +17,8 @@ import glob
 
 import numpy as np
 
-from gate.align import similarity_fit
-from gate.images import read_image
+from gate.recognition.align import similarity_fit
+from gate.recognition.images import read_image
 from gate_plugins import _dlib
 from gate_plugins.yunet import YuNetDetector
 

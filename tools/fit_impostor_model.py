@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gate.calibration import (
+from gate.recognition.calibration import (
     MAX_K,
     RULES,
     SITE_QUANTILE,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gate.images import cv2, read_image
 from gate.plugins import make_plugin_manager
+from gate.recognition.images import cv2, read_image
 
 DATA = Path("../shared/data")
 FPS, SIZE = 10, (640, 480)

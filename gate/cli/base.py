@@ -33,13 +33,13 @@ class App:
 
     @cached_property
     def db(self):
-        from gate.database import GateDB, default_db_path
+        from gate.storage.database import GateDB, default_db_path
 
         return GateDB(self.db_path or self.config.database or default_db_path())
 
     @cached_property
     def pipeline(self):
-        from gate.pipeline import Pipeline
+        from gate.recognition.pipeline import Pipeline
 
         return Pipeline(self.config, self.pm.registry)
 

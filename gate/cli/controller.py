@@ -47,8 +47,8 @@ def controller(
     drives the relay on the ones that verify and publishes each refusal on
     <prefix>/<door>/controller/rejected. Runs until Ctrl-C; locks on exit.
     """
-    from gate.controller import Controller, load_relay, run_forever
-    from gate.signing import KeyStore, keys_folder, read_key
+    from gate.actions.controller import Controller, load_relay, run_forever
+    from gate.actions.signing import KeyStore, keys_folder, read_key
 
     if key_file is not None:
         key = read_key(key_file)
@@ -60,7 +60,7 @@ def controller(
         state_file = state_file or path.with_name(f"{path.stem}.controller.json")
     credentials = None
     if app.config.mqtt.host is None:  # gate's embedded broker on this machine
-        from gate.broker import EMBEDDED_USER, broker_password
+        from gate.messaging.broker import EMBEDDED_USER, broker_password
 
         password = broker_password(keys_folder(app.config, app.db_path))
         if password is None:

@@ -33,9 +33,9 @@ def enroll(app: App, name, images, from_folder, skip_refused, force) -> None:
     reported with its reason and, unless --skip-refused, nothing of that
     person is stored. Each person is reported as soon as they are stored.
     """
-    from gate.database import check_name
-    from gate.enrollment import enroll as enroll_person
-    from gate.images import list_images
+    from gate.recognition.enrollment import enroll as enroll_person
+    from gate.recognition.images import list_images
+    from gate.storage.database import check_name
 
     if from_folder:
         if name or images:
@@ -235,8 +235,8 @@ def people_reencode(app: App, drop_old: bool) -> None:
     Run it after changing the encoder (or its variant): templates only match
     faces encoded in the same embedding space.
     """
-    from gate.database import Template
-    from gate.images import decode_image, face_from_json
+    from gate.recognition.images import decode_image, face_from_json
+    from gate.storage.database import Template
 
     encoder = app.pipeline.encoder
     stale = app.db.stale_templates(encoder.space)

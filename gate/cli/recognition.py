@@ -34,7 +34,7 @@ def _face_json(rec, names: dict[int, str]) -> dict:
 @pass_app
 def identify(app: App, images, as_json: bool) -> None:
     """Say who is in each image: every face, matched against everyone enrolled."""
-    from gate.images import read_image
+    from gate.recognition.images import read_image
 
     app.pipeline.load_templates(app.db)
     names = app.db.names()
@@ -137,7 +137,7 @@ def verify(app: App, first: str, second: str, as_json: bool) -> None:
     """Say whether the largest faces in FIRST and SECOND are the same person."""
     import numpy as np
 
-    from gate.images import read_image
+    from gate.recognition.images import read_image
 
     vectors = []
     for path in (first, second):
@@ -171,7 +171,7 @@ def encode(app: App, images, out: str) -> None:
     """
     import numpy as np
 
-    from gate.images import read_image
+    from gate.recognition.images import read_image
 
     vectors, boxes, scores, marks, owner, errors = [], [], [], [], [], 0
     for index, path in enumerate(images):
@@ -228,9 +228,9 @@ def bench_lfw(app: App, pairs_file, root, train_pairs, roc_path, as_json: bool) 
     pairsDevTest.txt. Reports mean accuracy and its spread, EER and TAR at
     FAR 1e-3, and saves the ROC curve.
     """
-    from gate.evaluation import plot_roc
-    from gate.lfw import read_pairs, unique_images
-    from gate.lfw_protocol import run_protocol
+    from gate.recognition.evaluation import plot_roc
+    from gate.recognition.lfw import read_pairs, unique_images
+    from gate.recognition.lfw_protocol import run_protocol
 
     try:
         count = len(

@@ -53,8 +53,8 @@ def run(app: App, doors: tuple[str, ...], source: str | None, realtime: bool) ->
     --source, one door (--door, default "front") watches that source, which
     must open. SIGTERM stops like Ctrl-C.
     """
-    from gate.doors import doors_for_run
-    from gate.runner import Runner
+    from gate.runtime.doors import doors_for_run
+    from gate.runtime.runner import Runner
 
     specs = doors_for_run(app.db, app.config, list(doors), source)
     runner = Runner(
@@ -105,7 +105,7 @@ def parse_when(text: str | None) -> str | None:
     """``30m``, ``2h``, ``7d`` (ago) or an ISO date/time (local unless it says) to UTC ISO."""
     if text is None:
         return None
-    from gate.events import utc_iso
+    from gate.storage.events import utc_iso
 
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
@@ -200,7 +200,7 @@ def log_verify(app: App) -> None:
 @pass_app
 def log_purge(app: App) -> None:
     """Apply [retention] now: forget old events, then old snapshots (gate run does it hourly)."""
-    from gate.retention import purge
+    from gate.storage.retention import purge
 
     retention = app.config.retention
 

@@ -42,7 +42,7 @@ def _settings(values: dict) -> dict:
 
 def _check(app: App, name: str) -> None:
     """Validate a door's settings together with the config's defaults."""
-    from gate.doors import spec_from_row
+    from gate.runtime.doors import spec_from_row
 
     spec_from_row(app.db.door(name), app.config)
 
@@ -100,7 +100,7 @@ def doors_set(app: App, name: str, **values) -> None:
 
 def _link(app: App):
     """A short-lived MQTT connection for the CLI (to the running gate's broker if embedded)."""
-    from gate.context import Context
+    from gate.messaging.context import Context
 
     context = Context(app.config, embedded_broker=False, client="cli")
     context.db_path = app.db.path  # the embedded broker's password lives beside it
@@ -115,7 +115,7 @@ def _link(app: App):
 @pass_app
 def doors_remove(app: App, name: str, yes: bool) -> None:
     """Remove door NAME and its rules, and withdraw it from Home Assistant."""
-    from gate.homeassistant import removal_payloads
+    from gate.messaging.homeassistant import removal_payloads
 
     if app.db.door(name) is None:
         raise click.ClickException(f"no door called {name!r}")
@@ -136,11 +136,11 @@ def doors_remove(app: App, name: str, yes: bool) -> None:
 
 
 def _door_command(app: App, name: str, action: str, reason: str | None) -> None:
-    from gate.commands import door_command
+    from gate.actions.commands import door_command
 
     if app.db.door(name) is None:
         raise click.ClickException(f"no door called {name!r}")
-    from gate.context import Context
+    from gate.messaging.context import Context
 
     context = Context(app.config, embedded_broker=False, client="cli")  # gate's broker, if any
     context.db_path = app.db.path  # the door keys live beside it
@@ -180,7 +180,7 @@ def doors_lock(app: App, name: str, reason: str | None) -> None:
 
 def key_store(app: App):
     """The doors' signing keys: ``[actuators.mqtt] keys_dir``, else beside the database."""
-    from gate.signing import KeyStore, keys_folder
+    from gate.actions.signing import KeyStore, keys_folder
 
     return KeyStore(keys_folder(app.config, app.db.path))
 
@@ -272,7 +272,7 @@ def rules() -> None:
 @pass_app
 def rules_list(app: App, as_json: bool) -> None:
     """Every rule; with none at all, [policy] without_rules decides."""
-    from gate.access import format_days
+    from gate.policy.access import format_days
 
     rows = [
         {
@@ -306,7 +306,7 @@ def rules_list(app: App, as_json: bool) -> None:
 @pass_app
 def rules_add(app: App, group: str, door: str, days: str, start: str, end: str) -> None:
     """Let a group through a door during weekly hours."""
-    from gate.access import parse_clock, parse_days
+    from gate.policy.access import parse_clock, parse_days
 
     try:
         mask = parse_days(days)

@@ -1,0 +1,354 @@
+"""The components the config chose, built from the plugins' registry, and what they do together."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+import numpy as np
+from pydantic import ValidationError
+
+from gate.components import Actuator, Component, Detector, Encoder, Face, Match, Matcher
+from gate.config import (
+    DEFAULT_STRANGER_ACCEPTANCE,
+    GateConfig,
+    config_origin,
+    describe_errors,
+)
+from gate.errors import ComponentError, ConfigError, GateError
+from gate.messaging.context import Context
+from gate.plugins import KINDS, Registry
+from gate.recognition.calibration import (
+    Calibration,
+    ImpostorModel,
+    calibrate,
+    look_alike_caps,
+    look_alikes,
+    normalise,
+)
+from gate.recognition.quality import FaceQuality, QualityFloor, measure
+from gate.storage.database import GateDB
+
+logger = logging.getLogger("gate.pipeline")
+
+TOO_SMALL = Match("too_small", None, None, float("inf"), float("inf"))
+
+
+@dataclass(frozen=True)
+class Recognition:
+    """One face of an image, its embedding, its quality and, once matched, the verdict."""
+
+    face: Face
+    embedding: np.ndarray
+    match: Match | None = None
+    quality: FaceQuality | None = None
+    threshold: float | None = None
+
+
+def check_component_sections(config: GateConfig, registry: Registry) -> None:
+    """Every ``[detectors.X]``-style section must name a known component and validate."""
+    origin = config_origin(config)
+    for kind in KINDS:
+        for name, section in getattr(config, f"{kind}s").items():
+            try:
+                cls = registry.get(kind, name).cls
+            except ConfigError as exc:
+                raise ConfigError(f"{origin}: {kind}s.{name}: {exc}") from None
+            _options(cls, section, origin, f"{kind}s.{name}")
+    for kind in ("detector", "encoder", "matcher"):
+        _named(registry, kind, getattr(config.pipeline, kind), origin)
+    for name in config.pipeline.actuators:
+        _named(registry, "actuator", name, origin)
+
+
+def _named(registry: Registry, kind: str, name: str, origin: str) -> type[Component]:
+    try:
+        return registry.get(kind, name).cls
+    except ConfigError as exc:
+        key = "actuators" if kind == "actuator" else kind
+        raise ConfigError(f"{origin}: pipeline.{key}: {exc}") from None
+
+
+def _options(cls: type[Component], section: dict, origin: str, key: str):
+    try:
+        return cls.Options.model_validate(section)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc, origin, prefix=key)) from None
+
+
+class Pipeline:
+    """Detector, encoder, matcher and actuators, each built on first use."""
+
+    def __init__(self, config: GateConfig, registry: Registry, context: Context | None = None):
+        check_component_sections(config, registry)
+        self.config = config
+        self.registry = registry
+        self.context = context or Context(config)
+        #: the templates given to the matcher last, as it compares them, and their people
+        self.templates: tuple[np.ndarray, np.ndarray] | None = None
+        self._calibration: Calibration | None = None
+        self._caps: dict[int, float] = {}
+
+    def build(self, kind: str, name: str) -> Component:
+        """An instance of the ``kind`` called ``name`` with its options from the config."""
+        cls = _named(self.registry, kind, name, config_origin(self.config))
+        section = getattr(self.config, f"{kind}s").get(name, {})
+        options = _options(cls, section, config_origin(self.config), f"{kind}s.{name}")
+        try:
+            return cls(options, self.context)
+        except GateError:
+            raise
+        except Exception as exc:
+            raise ComponentError(f"{kind} {name!r} cannot start: {exc}") from exc
+
+    @cached_property
+    def detector(self) -> Detector:
+        return self.build("detector", self.config.pipeline.detector)
+
+    @cached_property
+    def encoder(self) -> Encoder:
+        return self.build("encoder", self.config.pipeline.encoder)
+
+    @cached_property
+    def matcher(self) -> Matcher:
+        return self.build("matcher", self.config.pipeline.matcher)
+
+    @cached_property
+    def actuators(self) -> list[Actuator]:
+        return [self.build("actuator", name) for name in self.config.pipeline.actuators]
+
+    @cached_property
+    def floor(self) -> QualityFloor:
+        """What a face must reach to count towards a grant."""
+        r = self.config.recognition
+        return QualityFloor(
+            min_size=r.min_face_px,
+            min_sharpness=r.min_sharpness,
+            max_yaw=r.max_yaw,
+            min_score=r.min_detector_score,
+        )
+
+    @property
+    def calibration(self) -> Calibration:
+        """The thresholds in force for the templates loaded last (none loaded: an empty site)."""
+        if self._calibration is None:
+            self.fit(np.zeros((0, self.encoder.dim), np.float32), np.zeros(0, np.int64))
+        return self._calibration
+
+    @property
+    def threshold(self) -> float:
+        """The strictest distance in force (per image condition, see :attr:`calibration`)."""
+        return min(self.calibration.thresholds.values())
+
+    @cached_property
+    def impostor_model(self) -> ImpostorModel | None:
+        """The encoder's impostor model for the matcher's rule (None: no risk can be stated)."""
+        return self.encoder.impostor_model(getattr(self.matcher, "rule", "nearest"))
+
+    def normalise(self, embeddings: np.ndarray) -> np.ndarray:
+        """Embeddings as the matcher compares them: scaled to the impostor model's radius.
+
+        The length of a dlib embedding varies from photo to photo and says little
+        about who it is; on a common radius strangers and enrolled people
+        separate better (docs/open-set.md). Without a model they stay as they are.
+        """
+        model = self.impostor_model
+        return normalise(embeddings, model.radius if model is not None else None)
+
+    def fit(self, embeddings: np.ndarray, person_ids: np.ndarray) -> Calibration:
+        """Give the matcher these templates and calibrate the thresholds for them."""
+        embeddings = self.normalise(embeddings)
+        self.matcher.fit(embeddings, person_ids)
+        self.templates = (embeddings, np.asarray(person_ids))
+        self._caps = look_alike_caps(embeddings, person_ids, self.config.recognition.min_margin)
+        return self.recalibrate(embeddings, person_ids)
+
+    def look_alikes(self) -> list[tuple[int, int, float]]:
+        """Pairs of people enrolled whose templates lie within the colour threshold in force."""
+        if self.templates is None:
+            return []
+        return look_alikes(*self.templates, self.calibration.threshold("colour"))
+
+    def _capped(self, match: Match) -> Match:
+        """A match beyond its person's look-alike cap becomes ``ambiguous``."""
+        cap = self._caps.get(match.person_id)
+        if match.status == "match" and cap is not None and match.distance > cap:
+            return replace(match, status="ambiguous", person_id=None)
+        return match
+
+    def recalibrate(
+        self, embeddings: np.ndarray, person_ids: np.ndarray, override: float | None = None
+    ) -> Calibration:
+        """Thresholds for this gallery (normalised) at the stated risk, or a fixed ``override``."""
+        r = self.config.recognition
+        override = override if override is not None else r.threshold
+        calibration = calibrate(
+            self.impostor_model,
+            embeddings,
+            person_ids,
+            r.stranger_acceptance,
+            override=override,
+            fallback=self.encoder.threshold,
+        )
+        self._calibration = calibration
+        self._explain(calibration)
+        return calibration
+
+    def _explain(self, calibration: Calibration) -> None:
+        r = self.config.recognition
+        if calibration.source == "encoder":
+            logger.warning(
+                "encoder %r has no impostor model: fixed threshold %.3f, stranger acceptance "
+                "cannot be stated",
+                self.encoder.name,
+                calibration.threshold("colour"),
+            )
+            return
+        worst = max(calibration.acceptance.values()) if calibration.acceptance else 0.0
+        if calibration.source == "override" and worst > r.stranger_acceptance:
+            logger.warning(
+                "fixed threshold %.3f overrides stranger_acceptance %g: at %d people it is "
+                "estimated to name %.2g%% of strangers as someone (worst image condition)",
+                calibration.threshold("colour"),
+                r.stranger_acceptance,
+                calibration.people,
+                100 * worst,
+            )
+        elif r.stranger_acceptance > DEFAULT_STRANGER_ACCEPTANCE:
+            logger.warning(
+                "stranger_acceptance %g is looser than gate's default %g: more strangers may be "
+                "named as someone",
+                r.stranger_acceptance,
+                DEFAULT_STRANGER_ACCEPTANCE,
+            )
+
+    def load_templates(self, db: GateDB) -> int:
+        """Give the matcher every template in the encoder's space; returns how many."""
+        embeddings, person_ids = db.load_templates(self.encoder.space)
+        if len(embeddings) and embeddings.shape[1] != self.encoder.dim:
+            raise ComponentError(
+                f"templates have {embeddings.shape[1]} dimensions, encoder "
+                f"{self.encoder.name!r} makes {self.encoder.dim}"
+            )
+        self.fit(embeddings, person_ids)
+        return len(embeddings)
+
+    def thresholds_for(
+        self, qualities: list[FaceQuality], override: float | None = None
+    ) -> np.ndarray:
+        """The distance for each face: the door's fixed one, else its condition's."""
+        if override is not None:
+            return np.full(len(qualities), override, np.float64)
+        calibration = self.calibration
+        return np.array([calibration.threshold(q.condition) for q in qualities], np.float64)
+
+    def judge(
+        self,
+        embedding: np.ndarray,
+        views: list[Recognition],
+        *,
+        spread: float = 0.0,
+        threshold: float | None = None,
+        min_margin: float | None = None,
+    ) -> tuple[Match, float]:
+        """Judge a track's fused embedding; ``(match, threshold used)``.
+
+        The threshold is the strictest of the views' image conditions. Averaging
+        views pulls a stranger's embedding towards everyone by exactly the views'
+        ``spread`` (their mean squared distance from the fused embedding), so
+        the fused distance ``d`` is judged as ``sqrt(d**2 + spread)``: the root mean
+        square of the views' own distances, on which the per-photo calibration
+        holds.
+        """
+        qualities = [v.quality for v in views if v.quality is not None]
+        if qualities:
+            limit = float(self.thresholds_for(qualities, threshold).min())
+        else:
+            limit = threshold if threshold is not None else self.threshold
+        margin = self.config.recognition.min_margin if min_margin is None else min_margin
+        (raw,) = self.matcher.match(
+            np.asarray(embedding, np.float32)[None, :],
+            threshold=float(np.sqrt(max(limit**2 - spread, 0.0))),
+            min_margin=0.0,
+        )
+        distance = float(np.sqrt(raw.distance**2 + spread))
+        runner_up = float(np.sqrt((raw.distance + raw.margin) ** 2 + spread))
+        status, person = raw.status, raw.person_id
+        if status == "match" and runner_up - distance < margin:
+            status, person = "ambiguous", None
+        judged = replace(raw, status=status, person_id=person, distance=distance,
+                         margin=runner_up - distance)  # fmt: skip
+        return self._capped(judged), limit
+
+    def match(
+        self,
+        embeddings: np.ndarray,
+        qualities: list[FaceQuality],
+        *,
+        threshold: float | None = None,
+        min_margin: float | None = None,
+    ) -> list[tuple[Match, float]]:
+        """Match embeddings of faces of known quality: ``(match, threshold used)`` each.
+
+        Faces below the quality floor come back ``low_quality`` (their nearest
+        person kept as the candidate), never as a match.
+        """
+        limits = self.thresholds_for(qualities, threshold)
+        matches = self.matcher.match(
+            embeddings,
+            threshold=limits,
+            min_margin=self.config.recognition.min_margin if min_margin is None else min_margin,
+        )
+        floor = self.floor
+        out = []
+        for match, quality, limit in zip(matches, qualities, limits, strict=True):
+            if floor.failures(quality):
+                match = replace(match, status="low_quality", person_id=None)
+            out.append((self._capped(match), float(limit)))
+        return out
+
+    def recognise(
+        self,
+        image: np.ndarray,
+        faces: list[Face] | None = None,
+        *,
+        detector: Detector | None = None,
+        encoder: Encoder | None = None,
+        threshold: float | None = None,
+        min_margin: float | None = None,
+    ) -> list[Recognition]:
+        """Detect (unless ``faces`` are given), encode in one batch, and match.
+
+        ``detector``, ``encoder``, ``threshold`` and ``min_margin`` override the
+        pipeline's own (a door may have its own detector and a fixed threshold);
+        without ``threshold`` each face gets its image condition's calibrated one.
+        """
+        detector = detector or self.detector
+        faces = detector.detect(image) if faces is None else faces
+        smallest = self.config.recognition.min_face_px
+        usable = [face for face in faces if face.size >= smallest]
+        out = [
+            Recognition(face, np.zeros(0, np.float32), TOO_SMALL)
+            for face in faces
+            if face.size < smallest
+        ]
+        if usable:
+            embeddings = self.normalise((encoder or self.encoder).encode(image, usable))
+            qualities = [measure(image, face) for face in usable]
+            matches = self.match(embeddings, qualities, threshold=threshold, min_margin=min_margin)
+            out[:0] = [
+                Recognition(face, vector, match, quality, limit)
+                for face, vector, quality, (match, limit) in zip(
+                    usable, embeddings, qualities, matches, strict=True
+                )
+            ]
+        return out
+
+    def close(self) -> None:
+        """Close every component built so far, then the shared services."""
+        for attr in ("actuators", "matcher", "encoder", "detector"):
+            built = self.__dict__.get(attr)
+            for component in built if isinstance(built, list) else [built] if built else []:
+                component.close()
+        self.context.close()

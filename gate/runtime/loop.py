@@ -1,0 +1,325 @@
+"""The door loop: capture -> detect -> encode -> match -> decide -> policy -> act -> log.
+
+Start-up is an explicit sequence: source opened, door recorded, templates
+loaded, capture started; a failing step changes nothing. A confirmed person
+is then put to the access policy (the ``access_policy`` hook); every decision
+is stored before it is acted on, so its id travels with the unlock command,
+and an unlock is only sent before it expires (``unlock_ttl_s`` after the frame
+was captured). Unknown, uncertain, refused or a failing policy never unlock.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+
+from gate.components import Actuator, DoorCommand, Encoder
+from gate.plugins import broadcast
+from gate.policy.access import AccessRequest, Verdict, builtin_policy
+from gate.recognition.images import encode_jpeg, face_region
+from gate.recognition.pipeline import Pipeline
+from gate.runtime.capture import END, Capture, Frame, Source, open_source, supervised
+from gate.runtime.decisions import DoorDecider, Outcome
+from gate.runtime.doors import DoorSpec
+from gate.storage.database import GateDB
+from gate.storage.events import AccessEvent, utc_iso
+
+logger = logging.getLogger("gate.loop")
+
+
+@dataclass
+class RunStats:
+    """What a run did: frames, drops, decisions and per-frame latency (ms)."""
+
+    frames: int = 0
+    dropped: int = 0
+    reopened: int = 0
+    granted: int = 0
+    denied: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    error: str | None = None
+
+    def latency(self, q: float) -> float | None:
+        """A percentile of capture-to-decision latency, in ms."""
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else None
+
+
+def deliver(actuators: list[Actuator], command: DoorCommand) -> bool | None:
+    """Send a command through every actuator before it expires; None when none delivers."""
+    results = []
+    for actuator in actuators:
+        if command.expired(time.time()):
+            logger.warning(
+                "command for event %s expired before %s", command.event_id, actuator.name
+            )
+            ok = False
+        else:
+            try:
+                ok = bool(actuator.send(command))
+            except Exception:
+                logger.exception("actuator %s failed to send", actuator.name)
+                ok = False
+        if actuator.delivers:
+            results.append(ok)
+    return all(results) if results else None
+
+
+def publish(actuators: list[Actuator], hook, event: AccessEvent) -> None:
+    """Tell every actuator and every ``access_decided`` observer; failures are logged only."""
+    for actuator in actuators:
+        try:
+            actuator.announce(event)
+        except Exception:
+            logger.exception("actuator %s failed to announce event %s", actuator.name, event.id)
+    if hook is not None:
+        broadcast(hook.access_decided, event=event)
+
+
+class DoorLoop:
+    """Runs one door from its source until the source ends or ``stop`` is set."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        db: GateDB | None,
+        door: DoorSpec,
+        *,
+        hook=None,
+        realtime: bool = False,
+        on_event: Callable[[AccessEvent], None] | None = None,
+        encoder: Encoder | None = None,
+        detector=None,
+    ):
+        self.pipeline = pipeline
+        self.db = db
+        self.door = door
+        self.hook = hook
+        self.realtime = realtime
+        self.on_event = on_event
+        self.config = pipeline.config
+        self.encoder = encoder or pipeline.encoder
+        self.detector = detector or pipeline.detector
+        self.decider = DoorDecider(door.decision, self._judge, crop=self._crop)
+        self._last_frame: Frame | None = None
+        self.stop = threading.Event()
+        self.stats = RunStats()
+        self.names: dict[int, str] = {}
+        self._last_face = float("-inf")
+        self._present = False
+
+    def run(self, load_templates: bool = True, source: Source | None = None) -> RunStats:
+        """Start up, process frames until the end, shut down; returns the stats.
+
+        ``source`` is the door's source already opened; without it the door's
+        source is opened here and tried again, with backoff, for as long as the
+        loop runs. The door is reported unavailable until frames come.
+        """
+        spec, label = self.door.source or "", f"door {self.door.name}"
+        settings, status = self.config.capture, self._set_available
+        if source is None:
+            capture = supervised(
+                spec, settings, realtime=self.realtime, on_status=status, label=label
+            )
+        else:
+            capture = Capture(
+                source, settings, self.realtime, opener=lambda: open_source(spec),
+                on_status=status, label=label,
+            )  # fmt: skip
+        try:
+            self._set_available(False, "starting")
+            self.db.ensure_door(self.door.name)
+            if load_templates:
+                self.pipeline.load_templates(self.db)
+            self.names = self.db.names()
+            logger.info("door %s: %d people enrolled", self.door.name, len(self.names))
+            self._process_all(capture.start())
+        finally:
+            capture.stop()
+            self._set_presence(False)
+            self._set_available(False, "stopped")
+        return self.stats
+
+    def _set_available(self, available: bool, why: str) -> None:
+        """Tell the actuators whether the door sees (frames come) or not, and why."""
+        for actuator in self.pipeline.actuators:
+            try:
+                actuator.availability(self.door.name, available, why)
+            except Exception:
+                logger.exception("actuator %s failed on availability", actuator.name)
+
+    def _process_all(self, capture: Capture) -> None:
+        try:
+            while not self.stop.is_set():
+                try:
+                    frame = capture.next(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if frame is END:
+                    break
+                self.process(frame)
+            if self._last_frame is not None:  # the source ended: decide on the open tracks
+                for outcome in self.decider.finish(float("inf")):
+                    self._act(outcome, self._last_frame)
+        finally:
+            capture.stop()
+            self.stats.dropped += capture.dropped  # a door restarted keeps counting
+            self.stats.reopened += capture.reopened + capture.restarts
+            self.stats.error = capture.error
+
+    def process(self, frame: Frame) -> list[AccessEvent]:
+        """Recognise, decide and act on one frame."""
+        recognitions = self.pipeline.recognise(
+            frame.image,
+            detector=self.detector,
+            encoder=self.encoder,
+            threshold=self.door.threshold,
+            min_margin=self.door.min_margin,
+        )
+        self._track_presence(bool(recognitions), frame.clock)
+        self._last_frame = frame
+        outcomes = self.decider.observe(recognitions, frame.clock, frame.image)
+        self.stats.frames += 1
+        self.stats.latencies_ms.append((time.monotonic() - frame.captured_mono) * 1000.0)
+        return [self._act(outcome, frame) for outcome in outcomes]
+
+    def _judge(self, fused: np.ndarray, spread: float, views: list) -> tuple:
+        return self.pipeline.judge(
+            fused,
+            views,
+            spread=spread,
+            threshold=self.door.threshold,
+            min_margin=self.door.min_margin,
+        )
+
+    def _crop(self, image: np.ndarray, recognition) -> np.ndarray:
+        crop, _ = face_region(image, recognition.face, pad=0.3, face_px=96)
+        return crop
+
+    def _liveness(self, person_id: int, outcome: Outcome) -> Verdict | None:
+        """A denial when a liveness check calls the track an attack or fails; else None."""
+        if self.hook is None or not self.hook.presentation_attack.get_hookimpls():
+            return None
+        for impl in self.hook.presentation_attack.get_hookimpls():
+            args = {
+                "door": self.door.name,
+                "person_id": person_id,
+                "frames": list(outcome.history),
+                "config": self.config,
+            }
+            try:
+                verdict = impl.function(**{name: args[name] for name in impl.argnames})
+            except Exception:
+                logger.exception("liveness check %s failed at %s", impl.plugin_name, self.door.name)
+                return Verdict(False, "liveness_error")
+            if verdict is not None and verdict.attack:
+                logger.warning(
+                    "presentation attack at %s (%s, score %.2f): %s",
+                    self.door.name,
+                    verdict.check or impl.plugin_name,
+                    verdict.score,
+                    verdict.reason,
+                )
+                return Verdict(False, "presentation_attack")
+        return None
+
+    def _track_presence(self, faces: bool, clock: float) -> None:
+        if faces:
+            self._last_face = clock
+            self._set_presence(True)
+        elif clock - self._last_face >= self.config.homeassistant.face_off_s:
+            self._set_presence(False)
+
+    def _set_presence(self, present: bool) -> None:
+        if present == self._present:
+            return
+        self._present = present
+        for actuator in self.pipeline.actuators:
+            try:
+                actuator.presence(self.door.name, present)
+            except Exception:
+                logger.exception("actuator %s failed on presence", actuator.name)
+
+    def _policy(self, person_id: int, frame: Frame) -> Verdict:
+        """The access policy's verdict; any failure denies."""
+        person = self.db.person_info(person_id)
+        if person is None:  # removed while running
+            return Verdict(False, "unknown")
+        door = self.door.info
+        when = datetime.fromtimestamp(frame.captured_at, self.config.site.zone())
+        request = AccessRequest(
+            person=person,
+            door=door,
+            when=when,
+            rules=tuple(self.db.rules()),
+            last_passage=self.db.last_passage(door.area, person_id) if door.area else None,
+            anti_passback=self.config.policy.anti_passback,
+            without_rules=self.config.policy.without_rules,
+        )
+        if self.hook is None:  # no plugin manager: gate's own rules
+            return builtin_policy(request)
+        try:
+            verdict = self.hook.access_policy(request=request)
+        except Exception:
+            logger.exception("access policy failed for %s at %s", person.name, door.name)
+            return Verdict(False, "policy_error")
+        return verdict if verdict is not None else Verdict(False, "policy_error")
+
+    def _act(self, outcome: Outcome, frame: Frame) -> AccessEvent:
+        match = outcome.match or outcome.recognition.match
+        decision, reason = outcome.decision, outcome.reason
+        person_id = match.person_id if decision == "granted" else None
+        if person_id is not None:
+            verdict = self._liveness(person_id, outcome) or self._policy(person_id, frame)
+            if not verdict.allowed:
+                decision, reason = "denied", verdict.reason
+        snapshot = None
+        if outcome.snapshot is not None and self.config.decision.snapshots:
+            snapshot = encode_jpeg(outcome.snapshot)
+        event = AccessEvent(
+            time=utc_iso(frame.captured_at),
+            door=self.door.name,
+            decision=decision,
+            reason=reason,
+            person_id=person_id,
+            person=self.names.get(person_id) if person_id is not None else None,
+            distance=match.distance if match else None,
+            margin=match.margin if match else None,
+            latency_ms=round((time.monotonic() - frame.captured_mono) * 1000.0, 2),
+            snapshot=snapshot,
+            track=outcome.track,
+            frames=outcome.frames,
+            threshold=outcome.threshold,
+            quality=outcome.quality,
+        )
+        self.db.add_event(event)
+        if decision == "granted":
+            self.stats.granted += 1
+            command = DoorCommand(
+                door=self.door.name,
+                person=event.person,
+                person_id=person_id,
+                distance=event.distance,
+                event_id=event.id,
+                issued_at=time.time(),
+                expires_at=frame.captured_at + self.door.decision.unlock_ttl_s,
+            )
+            event.delivered = deliver(self.pipeline.actuators, command)
+            if event.delivered is not None:
+                self.db.set_delivered(event.id, event.delivered)
+            if self.door.area and self.door.direction:
+                self.db.record_passage(
+                    self.door.area, person_id, self.door.direction, event.time, event.id
+                )
+        else:
+            self.stats.denied += 1
+        publish(self.pipeline.actuators, self.hook, event)
+        if self.on_event is not None:
+            self.on_event(event)
+        return event
