@@ -6,105 +6,217 @@ import time
 
 import numpy as np
 import pytest
+from sqlite_utils import Database
 
 from gate.errors import StoreError
 from gate.storage.database import GateDB, Template
 from gate.storage.events import AccessEvent, utc_iso
 
+#: every table as the migrations leave it, read back with sqlite's PRAGMAs (see :func:`schema_of`):
+#: each column's type, NOT NULL and default; the primary key; every other index, unique or not;
+#: the foreign keys, with their ON DELETE / ON UPDATE actions when not NO ACTION
 SCHEMA = {
     "people": {
-        "id": "INTEGER",
-        "name": "TEXT",
-        "created_at": "TEXT",
-        "enabled": "INTEGER",
-        "valid_from": "TEXT",
-        "valid_until": "TEXT",
+        "columns": {
+            "id": "INTEGER",
+            "name": "TEXT NOT NULL",
+            "created_at": "TEXT NOT NULL",
+            "enabled": "INTEGER NOT NULL DEFAULT 1",
+            "valid_from": "TEXT",
+            "valid_until": "TEXT",
+        },
+        "primary_key": ("id",),
+        "indexes": {"idx_people_name": "UNIQUE (name)"},
+        "foreign_keys": {},
     },
     "templates": {
-        "id": "INTEGER",
-        "person_id": "INTEGER",
-        "encoder": "TEXT",
-        "encoder_version": "TEXT",
-        "space": "TEXT",
-        "dim": "INTEGER",
-        "embedding": "BLOB",
-        "source_sha256": "TEXT",
-        "source_name": "TEXT",
-        "face_size": "REAL",
-        "quality": "REAL",
-        "face_crop": "BLOB",
-        "crop_face": "TEXT",
-        "created_at": "TEXT",
-        "yaw": "REAL",
-        "grey": "INTEGER",
-        "detector_score": "REAL",
+        "columns": {
+            "id": "INTEGER",
+            "person_id": "INTEGER NOT NULL",
+            "encoder": "TEXT NOT NULL",
+            "encoder_version": "TEXT",
+            "space": "TEXT NOT NULL",
+            "dim": "INTEGER NOT NULL",
+            "embedding": "BLOB NOT NULL",
+            "source_sha256": "TEXT",
+            "source_name": "TEXT",
+            "face_size": "REAL",
+            "quality": "REAL",
+            "face_crop": "BLOB",
+            "crop_face": "TEXT",
+            "created_at": "TEXT NOT NULL",
+            "yaw": "REAL",
+            "grey": "INTEGER",
+            "detector_score": "REAL",
+        },
+        "primary_key": ("id",),
+        "indexes": {
+            "idx_templates_person_id": "(person_id)",
+            "idx_templates_person_id_source_sha256_space": (
+                "UNIQUE (person_id, source_sha256, space)"
+            ),
+        },
+        "foreign_keys": {"person_id": "people(id)"},
     },
     "doors": {
-        "name": "TEXT",
-        "created_at": "TEXT",
-        "source": "TEXT",
-        "direction": "TEXT",
-        "area": "TEXT",
-        "threshold": "REAL",
-        "min_margin": "REAL",
-        "confirm_frames": "INTEGER",
-        "window_frames": "INTEGER",
-        "cooldown_s": "REAL",
-        "relock_s": "REAL",
-        "enabled": "INTEGER",
+        "columns": {
+            "name": "TEXT",
+            "created_at": "TEXT NOT NULL",
+            "source": "TEXT",
+            "direction": "TEXT",
+            "area": "TEXT",
+            "threshold": "REAL",
+            "min_margin": "REAL",
+            "confirm_frames": "INTEGER",
+            "window_frames": "INTEGER",
+            "cooldown_s": "REAL",
+            "relock_s": "REAL",
+            "enabled": "INTEGER NOT NULL DEFAULT 1",
+        },
+        "primary_key": ("name",),
+        "indexes": {},
+        "foreign_keys": {},
     },
     "events": {
-        "id": "INTEGER",
-        "time": "TEXT",
-        "door": "TEXT",
-        "decision": "TEXT",
-        "reason": "TEXT",
-        "person_id": "INTEGER",
-        "person": "TEXT",
-        "distance": "REAL",
-        "margin": "REAL",
-        "latency_ms": "REAL",
-        "delivered": "INTEGER",
-        "snapshot": "BLOB",
-        "actor": "TEXT",
-        "note": "TEXT",
-        "track": "INTEGER",
-        "frames": "INTEGER",
-        "threshold": "REAL",
-        "quality": "REAL",
-        "person_digest": "TEXT",
-        "person_salt": "TEXT",
-        "snapshot_sha256": "TEXT",
-        "prev_hash": "TEXT",
-        "hash": "TEXT",
-        "delivered_seal": "TEXT",
+        "columns": {
+            "id": "INTEGER",
+            "time": "TEXT NOT NULL",
+            "door": "TEXT NOT NULL",
+            "decision": "TEXT NOT NULL",
+            "reason": "TEXT NOT NULL",
+            "person_id": "INTEGER",
+            "person": "TEXT",
+            "distance": "REAL",
+            "margin": "REAL",
+            "latency_ms": "REAL",
+            "delivered": "INTEGER",
+            "snapshot": "BLOB",
+            "actor": "TEXT",
+            "note": "TEXT",
+            "track": "INTEGER",
+            "frames": "INTEGER",
+            "threshold": "REAL",
+            "quality": "REAL",
+            "person_digest": "TEXT",
+            "person_salt": "TEXT",
+            "snapshot_sha256": "TEXT",
+            "prev_hash": "TEXT",
+            "hash": "TEXT",
+            "delivered_seal": "TEXT",
+        },
+        "primary_key": ("id",),
+        "indexes": {
+            "idx_events_time": "(time)",
+            "idx_events_door_time": "(door, time)",
+            "idx_events_person_id_time": "(person_id, time)",
+            "idx_events_decision_time": "(decision, time)",
+        },
+        "foreign_keys": {},  # the log outlives the people and doors it names
     },
     "log_chain": {
-        "name": "TEXT",
-        "event_id": "INTEGER",
-        "hash": "TEXT",
-        "time": "TEXT",
-        "purged": "INTEGER",
+        "columns": {
+            "name": "TEXT",
+            "event_id": "INTEGER NOT NULL",
+            "hash": "TEXT NOT NULL",
+            "time": "TEXT",
+            "purged": "INTEGER",
+        },
+        "primary_key": ("name",),
+        "indexes": {},
+        "foreign_keys": {},
     },
-    "groups": {"id": "INTEGER", "name": "TEXT", "created_at": "TEXT"},
-    "memberships": {"person_id": "INTEGER", "group_id": "INTEGER"},
+    "groups": {
+        "columns": {"id": "INTEGER", "name": "TEXT NOT NULL", "created_at": "TEXT"},
+        "primary_key": ("id",),
+        "indexes": {"idx_groups_name": "UNIQUE (name)"},
+        "foreign_keys": {},
+    },
+    "memberships": {
+        "columns": {"person_id": "INTEGER", "group_id": "INTEGER"},
+        "primary_key": ("person_id", "group_id"),
+        "indexes": {},
+        "foreign_keys": {"person_id": "people(id)", "group_id": "groups(id)"},
+    },
     "rules": {
-        "id": "INTEGER",
-        "group_id": "INTEGER",
-        "door": "TEXT",
-        "days": "INTEGER",
-        "start": "TEXT",
-        "end": "TEXT",
-        "created_at": "TEXT",
+        "columns": {
+            "id": "INTEGER",
+            "group_id": "INTEGER NOT NULL",
+            "door": "TEXT NOT NULL",
+            "days": "INTEGER NOT NULL",
+            "start": "TEXT NOT NULL",
+            "end": "TEXT NOT NULL",
+            "created_at": "TEXT",
+        },
+        "primary_key": ("id",),
+        "indexes": {},
+        "foreign_keys": {"group_id": "groups(id)"},
     },
     "passages": {
-        "area": "TEXT",
-        "person_id": "INTEGER",
-        "direction": "TEXT",
-        "time": "TEXT",
-        "event_id": "INTEGER",
+        "columns": {
+            "area": "TEXT",
+            "person_id": "INTEGER",
+            "direction": "TEXT",
+            "time": "TEXT",
+            "event_id": "INTEGER",
+        },
+        "primary_key": ("area", "person_id"),
+        "indexes": {},
+        "foreign_keys": {},
     },
 }
+
+
+def schema_of(db: Database) -> dict:
+    """Every table but sqlite-utils' own, in :data:`SCHEMA`'s terms, from sqlite's PRAGMAs."""
+    tables = [
+        row[0]
+        for row in db.execute("select name from sqlite_master where type = 'table'")
+        if row[0] != "_sqlite_migrations" and not row[0].startswith("sqlite_")
+    ]
+    out = {}
+    for table in tables:
+        columns, primary_key = {}, []
+        for _cid, name, kind, not_null, default, pk in db.execute(f"pragma table_info([{table}])"):
+            columns[name] = (
+                kind
+                + (" NOT NULL" if not_null else "")
+                + (f" DEFAULT {default}" if default is not None else "")
+            )
+            if pk:
+                primary_key.append((pk, name))
+        indexes = {}
+        for _seq, index, unique, origin, partial in db.execute(f"pragma index_list([{table}])"):
+            if origin == "pk":
+                continue  # the primary key, above
+            names = [row[2] for row in db.execute(f"pragma index_info([{index}])")]
+            indexes[index] = (
+                ("UNIQUE " if unique else "")
+                + f"({', '.join(names)})"
+                + (" WHERE ..." if partial else "")
+            )
+        references: dict[int, tuple[str, list[str], list[str], str]] = {}
+        for fk, _seq, other, src, dst, on_update, on_delete, _match in db.execute(
+            f"pragma foreign_key_list([{table}])"
+        ):
+            actions = "".join(
+                f" ON {verb} {action}"
+                for verb, action in (("DELETE", on_delete), ("UPDATE", on_update))
+                if action != "NO ACTION"
+            )
+            _, sources, targets, _ = references.setdefault(fk, (other, [], [], actions))
+            sources.append(src)
+            targets.append(dst)
+        foreign_keys = {
+            ", ".join(sources): f"{other}({', '.join(targets)}){actions}"
+            for other, sources, targets, actions in references.values()
+        }
+        out[table] = {
+            "columns": columns,
+            "primary_key": tuple(name for _, name in sorted(primary_key)),
+            "indexes": indexes,
+            "foreign_keys": foreign_keys,
+        }
+    return out
 
 
 def template(seed: int, sha: str = "a" * 64) -> Template:
@@ -113,11 +225,9 @@ def template(seed: int, sha: str = "a" * 64) -> Template:
 
 
 def test_migrations_give_the_exact_schema(db):
-    tables = {t.name: {c.name: c.type for c in t.columns} for t in db.db.tables}
-    tables.pop("_sqlite_migrations")
-    assert tables == SCHEMA
+    assert schema_of(db.db) == SCHEMA
     assert db.db.journal_mode == "wal"
-    assert db.db["templates"].foreign_keys[0].other_table == "people"
+    assert db.db.execute("pragma foreign_keys").fetchone()[0] == 1  # enforced, not decoration
 
 
 def test_migrations_apply_once_and_reopen_cleanly(tmp_path):
@@ -133,8 +243,6 @@ def test_migrations_apply_once_and_reopen_cleanly(tmp_path):
 
 
 def test_a_database_of_the_first_schema_is_upgraded_keeping_its_data(tmp_path):
-    from sqlite_utils import Database
-
     from gate.storage.migrations import migrations
 
     old = Database(tmp_path / "old.db")
@@ -147,6 +255,7 @@ def test_a_database_of_the_first_schema_is_upgraded_keeping_its_data(tmp_path):
     assert ada["name"] == "ada" and ada["enabled"] is True and ada["groups"] == []
     assert upgraded.door("front")["enabled"] == 1
     assert upgraded.person_info(ada["id"]).enabled
+    assert schema_of(upgraded.db) == SCHEMA  # upgraded or fresh: the same database
 
 
 def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
