@@ -31,6 +31,7 @@ BUILTIN_PLUGINS = (
     "gate_plugins.dlib_encoder",
     "gate_plugins.dlib_torch",
     "gate_plugins.nearest",
+    "gate_plugins.faiss_matcher",
     "gate_plugins.mqtt_actuator",
     "gate_plugins.log_actuator",
     "gate_plugins.homeassistant",

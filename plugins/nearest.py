@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -36,20 +36,21 @@ class NearestMatcher(Matcher):
     description = "nearest person (mean or nearest template), open-set threshold and margin"
     Options = NearestOptions
 
-    def __init__(self, options=None, context=None):
-        super().__init__(options, context)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.rule = self.options.per_person
         self.fit(np.zeros((0, 0), np.float32), np.zeros(0, np.int64))
 
     def fit(self, embeddings: np.ndarray, person_ids: np.ndarray) -> None:
         """Replace the templates at once (safe while other threads match)."""
         order = np.argsort(person_ids, kind="stable")
-        templates = np.ascontiguousarray(embeddings[order], dtype=np.float64)
+        templates = np.ascontiguousarray(embeddings[order], dtype=np.float32)
         people, starts = np.unique(np.asarray(person_ids)[order], return_index=True)
         if self.rule == "mean" and len(people):
-            templates = person_means(templates, starts)
+            templates = person_means(templates, starts).astype(np.float32)
             starts = np.arange(len(people))
-        self._index = (templates, people, starts, (templates**2).sum(axis=1))
+        norms = np.einsum("ij,ij->i", templates, templates)
+        self._index = (templates, people, starts, norms)
 
     def match(
         self, embeddings: np.ndarray, *, threshold: float | np.ndarray, min_margin: float
@@ -61,29 +62,43 @@ class NearestMatcher(Matcher):
             return []
         if len(people) == 0:
             return [Match("unknown", None, None, float("inf"), float("inf")) for _ in queries]
-        q = queries.astype(np.float64)
-        sq = (q**2).sum(axis=1, keepdims=True) + norms[None, :] - 2.0 * (q @ templates.T)
+        lengths = np.einsum("ij,ij->i", queries, queries)[:, None]
+        sq = lengths + norms[None, :] - 2.0 * (queries @ templates.T)
         distances = np.sqrt(np.maximum(sq, 0.0))
         per_person = np.minimum.reduceat(distances, starts, axis=1)
         best = per_person.argmin(axis=1)
-        rows = np.arange(len(queries))
-        nearest = per_person[rows, best]
+        nearest = per_person[np.arange(len(queries)), best]
         if per_person.shape[1] > 1:
             runner_up = np.partition(per_person, 1, axis=1)[:, 1]
         else:
             runner_up = np.full(len(queries), np.inf)
-        out = []
-        for i in range(len(queries)):
-            candidate = int(people[best[i]])
-            distance, margin = float(nearest[i]), float(runner_up[i] - nearest[i])
-            if distance > limits[i] or not np.isfinite(distance):
-                status, person = "unknown", None
-            elif margin < min_margin:
-                status, person = "ambiguous", None
-            else:
-                status, person = "match", candidate
-            out.append(Match(status, person, candidate, distance, margin))
-        return out
+        return decide(people[best], nearest, runner_up, limits, min_margin)
+
+
+def decide(
+    candidates: np.ndarray,
+    nearest: np.ndarray,
+    runner_up: np.ndarray,
+    limits: np.ndarray,
+    min_margin: float,
+) -> list[Match]:
+    """The open-set verdict per face, from its nearest person and the nearest other one.
+
+    ``candidates`` are person ids, ``nearest`` and ``runner_up`` distances (``inf``
+    when there is no such person) and ``limits`` the threshold of each face.
+    """
+    out = []
+    for candidate, near, other, limit in zip(candidates, nearest, runner_up, limits, strict=True):
+        distance, margin = float(near), float(other - near)
+        if distance > limit or not np.isfinite(distance):
+            status, person = "unknown", None
+        elif margin < min_margin:
+            status, person = "ambiguous", None
+        else:
+            status, person = "match", int(candidate)
+        found = int(candidate) if np.isfinite(distance) else None
+        out.append(Match(status, person, found, distance, margin))
+    return out
 
 
 @hookimpl
