@@ -116,10 +116,11 @@ def run_seed(args, seed: int, folder, detector, work: Path) -> list[dict]:
             loss,
             args.epochs,
             out,
+            encoder=DlibTorchEncoder(),
+            detector=detector,
             mining=mining or None,
             unfreeze_blocks=args.unfreeze_blocks,
             seed=seed,
-            detector=detector,
         )
         train_s = time.perf_counter() - tick
         encoder = DlibTorchEncoder(DlibTorchOptions(variant=str(out)))

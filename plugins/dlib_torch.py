@@ -10,12 +10,15 @@ With ``variant`` set (a file written by ``gate train``, see docs/metric-learning
 averaged descriptor goes through the variant's projection head (and the network through its
 fine-tuned last blocks, if any): the encoder then has the variant's own ``space``, ``dim`` and
 ``threshold``, so its templates never mix with the base encoder's or another variant's.
+
+The encoder is what ``gate train`` adapts: it has every member of
+:class:`gate.recognition.metric.trainable.TrainableEncoder`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -68,9 +71,11 @@ class DlibTorchEncoder(Encoder):
     #: below 0.3% there (dlib's own 0.6 sits at the balanced error, about 1%)
     threshold = 0.55
     Options = DlibTorchOptions
+    #: training starts from the base network at full precision (TrainableEncoder)
+    training_options: ClassVar[Mapping[str, Any]] = {"variant": None, "precision": "fp32"}
 
-    def __init__(self, options=None, context=None):
-        super().__init__(options, context)
+    def __init__(self, options: DlibTorchOptions | None = None):
+        super().__init__(options)
         import torch
 
         from gate.recognition.nn.dlib_resnet import load_dlib_resnet
@@ -97,6 +102,21 @@ class DlibTorchEncoder(Encoder):
             self.dim = self.variant.dim
             self.threshold = self.variant.threshold
             self.version += f"/variant={self.variant.name}@{self.variant.short_hash}"
+
+    @property
+    def flip(self) -> bool:
+        """Whether each view is also encoded mirrored and averaged in."""
+        return self.options.flip
+
+    @property
+    def batch_size(self) -> int:
+        """Chips per forward pass."""
+        return self.options.batch_size
+
+    @property
+    def views(self) -> list[str]:
+        """The views averaged per face: the alignments, then ``flip`` when mirrors are."""
+        return [*self.options.alignments, *(["flip"] if self.options.flip else [])]
 
     def impostor_model(self, rule: str = "nearest"):
         """dlib's space has one; a variant's space has none yet (its fixed threshold holds)."""
@@ -162,10 +182,6 @@ class DlibTorchEncoder(Encoder):
         return [
             self.project(o / np.maximum(c, 1)[:, None]) for o, c in zip(out, counts, strict=True)
         ]
-
-    def encode_chips(self, chips: Sequence[np.ndarray]) -> np.ndarray:
-        """Embeddings of aligned 150x150 RGB chips (mirrors averaged in when ``flip``)."""
-        return self.project(self.descriptors(chips))
 
     def project(self, descriptors: np.ndarray) -> np.ndarray:
         """The variant's head applied to averaged network descriptors (as is without one)."""

@@ -1,9 +1,11 @@
 """Commands ``gate train`` (fit an encoder variant to a site) and ``gate eval`` (measure one).
 
 Both read a folder with one subfolder of photos per person. ``gate train`` writes a variant of
-the ``dlib-torch`` encoder (:mod:`gate.recognition.metric.train`); ``gate eval`` measures whatever
-encoder the config selects, variant or not: verification over every pair of photos and
-open-set identification with some people held out as strangers.
+a trainable encoder, ``dlib-torch`` unless told otherwise (:mod:`gate.recognition.metric.train`),
+which it builds from the plugins' registry with the configured detector; ``gate eval`` measures
+whatever encoder the config selects, variant or not: verification over every pair of photos
+and open-set identification with some people held out as strangers. The training code is
+imported only when a command runs.
 """
 
 from __future__ import annotations
@@ -11,13 +13,17 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from gate import hookimpl
 from gate.cli.base import App, json_option, pass_app
-from gate.recognition.metric.train import TRAIN_LOSSES, TRIPLET_MINING
+from gate.recognition.metric.choices import TRAIN_LOSSES, TRIPLET_MINING
+
+if TYPE_CHECKING:
+    from gate.recognition.metric.trainable import TrainableEncoder
+    from gate.recognition.pipeline import Pipeline
 
 STAGES = {"faces": "Finding faces", "encoding": "Encoding", "training": "Training"}
 
@@ -61,6 +67,42 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.1f}%"
 
 
+def _training_parts(app: App, name: str) -> tuple[Pipeline, TrainableEncoder]:
+    """A pipeline with the configured detector, and the encoder ``name`` built through it as
+    training starts from it: the config's options for it with the encoder's
+    ``training_options`` over them (the base network, full precision). Close both when done.
+    """
+    from gate.recognition.metric.trainable import TrainableEncoder
+    from gate.recognition.pipeline import Pipeline
+
+    registry = app.pm.registry
+    overrides = getattr(registry.get("encoder", name).cls, "training_options", None)
+    if overrides is None:
+        raise click.ClickException(_not_trainable(app, name))
+    config = app.config
+    section = {**config.encoders.get(name, {}), **overrides}
+    config = config.model_copy(update={"encoders": {**config.encoders, name: section}})
+    pipeline = Pipeline(config, registry)
+    encoder = pipeline.build("encoder", name)
+    if not isinstance(encoder, TrainableEncoder):
+        encoder.close()
+        pipeline.close()
+        raise click.ClickException(_not_trainable(app, name))
+    return pipeline, encoder
+
+
+def _not_trainable(app: App, name: str) -> str:
+    trainable = sorted(
+        encoder
+        for encoder, registered in app.pm.registry.components["encoder"].items()
+        if getattr(registered.cls, "training_options", None) is not None
+    )
+    return (
+        f"encoder {name!r} cannot be trained: gate train adapts an encoder's network "
+        f"(trainable: {', '.join(trainable) or 'none'})"
+    )
+
+
 # --------------------------------------------------------------------------- gate train
 
 
@@ -71,6 +113,13 @@ def _pct(value: float | None) -> str:
     required=True,
     type=click.Path(exists=True, file_okay=False),
     help="One subfolder of photos per person.",
+)
+@click.option(
+    "--encoder",
+    "encoder_name",
+    default="dlib-torch",
+    show_default=True,
+    help="The encoder to adapt (a trainable one); its config section applies, not its variant.",
 )
 @click.option("--loss", type=click.Choice(TRAIN_LOSSES), default="triplet", show_default=True)
 @click.option("--mining", type=click.Choice(TRIPLET_MINING), help="Triplet mining [semi_hard].")
@@ -115,6 +164,7 @@ def _pct(value: float | None) -> str:
 def train_command(
     app: App,
     data_dir: str,
+    encoder_name: str,
     loss: str,
     mining: str | None,
     epochs: int,
@@ -129,7 +179,7 @@ def train_command(
     augment_copies: int,
     as_json: bool,
 ) -> None:
-    """Adapt the dlib-torch encoder to a site: train an encoder variant on --data.
+    """Adapt an encoder (dlib-torch) to a site: train an encoder variant on --data.
 
     People (never photos) are split into training and validation; a projection
     head (optionally with the network's last blocks) is trained with --loss on
@@ -141,27 +191,30 @@ def train_command(
     """
     from gate.recognition.metric.train import train
 
-    section = dict(app.config.encoders.get("dlib-torch", {}))
-    section.pop("variant", None)
-    with _Bars() as bars:
-        result = train(
-            data_dir,
-            loss,
-            epochs,
-            out,
-            mining=mining,
-            head_dim=head_dim,
-            hidden=head_hidden,
-            unfreeze_blocks=unfreeze_blocks,
-            seed=seed,
-            val_fraction=val_fraction,
-            patience=patience,
-            lr=lr,
-            augment_copies=augment_copies,
-            detector=app.pipeline.detector,
-            encoder_options=section,
-            progress=bars,
-        )
+    pipeline, encoder = _training_parts(app, encoder_name)
+    try:
+        with _Bars() as bars:
+            result = train(
+                data_dir,
+                loss,
+                epochs,
+                out,
+                encoder=encoder,
+                detector=pipeline.detector,
+                mining=mining,
+                head_dim=head_dim,
+                hidden=head_hidden,
+                unfreeze_blocks=unfreeze_blocks,
+                seed=seed,
+                val_fraction=val_fraction,
+                patience=patience,
+                lr=lr,
+                augment_copies=augment_copies,
+                progress=bars,
+            )
+    finally:
+        encoder.close()
+        pipeline.close()
     if as_json:
         click.echo(json.dumps(result.summary(), indent=2))
         return

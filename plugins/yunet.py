@@ -43,8 +43,8 @@ class YuNetDetector(Detector):
     description = "YuNet (OpenCV Model Zoo, MIT): box, score, 5 landmarks"
     Options = YuNetOptions
 
-    def __init__(self, options=None, context=None):
-        super().__init__(options, context)
+    def __init__(self, options: YuNetOptions | None = None):
+        super().__init__(options)
         from gate.recognition.images import cv2
 
         cv = cv2()

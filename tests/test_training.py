@@ -32,6 +32,7 @@ from gate.recognition.metric.train import (
     THRESHOLD_CONFIDENCE,
     TRIPLET_MINING,
     _held_out_check,
+    _threshold_from_folds,
     allowed_count,
     calibration_folds,
     choose_threshold,
@@ -40,6 +41,7 @@ from gate.recognition.metric.train import (
     train,
     validation_too_small,
 )
+from gate.recognition.metric.trainable import TrainableEncoder
 from tests.conftest import data_path
 
 GLINT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "train" / "glint_subset"
@@ -63,7 +65,21 @@ def site(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(site, tmp_path_factory):
+def base_encoder():
+    from gate_plugins.dlib_torch import DlibTorchEncoder
+
+    return DlibTorchEncoder()
+
+
+@pytest.fixture(scope="module")
+def detector():
+    from gate_plugins.yunet import YuNetDetector
+
+    return YuNetDetector()
+
+
+@pytest.fixture(scope="module")
+def trained(site, tmp_path_factory, base_encoder, detector):
     """Two epochs of triplet training with a 64-d head."""
     out = tmp_path_factory.mktemp("variant") / "lobby.pt"
     stages = []
@@ -80,6 +96,8 @@ def trained(site, tmp_path_factory):
             "triplet",
             epochs=2,
             out=out,
+            encoder=base_encoder,
+            detector=detector,
             head_dim=64,
             val_fraction=0.34,
             augment_copies=2,
@@ -89,13 +107,6 @@ def trained(site, tmp_path_factory):
     finally:
         logging.getLogger("gate.train").removeHandler(keep)
     return result, stages
-
-
-@pytest.fixture(scope="module")
-def base_encoder():
-    from gate_plugins.dlib_torch import DlibTorchEncoder
-
-    return DlibTorchEncoder()
 
 
 def face_of(path: Path):
@@ -265,15 +276,18 @@ def test_fine_tuned_blocks_are_stored_and_applied(tmp_path):
         save_variant({**record, "backbone": {**record["backbone"], "blocks": [11]}}, path)
 
 
-def test_training_with_an_unfrozen_block(tmp_path, base_encoder):
+def test_training_with_an_unfrozen_block(tmp_path, base_encoder, detector):
     from gate_plugins.dlib_torch import DlibTorchEncoder, DlibTorchOptions
 
     folder = glint_site(tmp_path / "site", people=5, photos=3)
+    before = backbone_state(base_encoder.model, 4)
     result = train(
         folder,
         "cosface",
         epochs=1,
         out=tmp_path / "tuned.pt",
+        encoder=base_encoder,
+        detector=detector,
         unfreeze_blocks=1,
         val_fraction=0.4,
         augment_copies=1,
@@ -285,6 +299,60 @@ def test_training_with_an_unfrozen_block(tmp_path, base_encoder):
     image, face = face_of(next((folder / "Daniel_Radcliffe").iterdir()))
     vector = encoder.encode(image, [face])
     assert vector.shape == (1, 128) and abs(float(np.linalg.norm(vector)) - 1.0) < 1e-5
+
+    # the encoder handed to training gets its own network back, frozen, even when training
+    # stops after an epoch has changed the network's tail
+    class Stop(Exception):
+        pass
+
+    def stop_after_an_epoch(stage: str, done: int, total: int) -> None:
+        if stage == "training":
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(
+            folder,
+            "cosface",
+            epochs=1,
+            out=tmp_path / "stopped.pt",
+            encoder=base_encoder,
+            detector=detector,
+            unfreeze_blocks=1,
+            val_fraction=0.4,
+            augment_copies=1,
+            progress=stop_after_an_epoch,
+        )
+    after = backbone_state(base_encoder.model, 4)
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[key], before[key]) for key in before)
+    assert not any(prm.requires_grad for prm in base_encoder.model.parameters())
+
+
+def test_training_takes_a_trainable_base_encoder_only(trained, site, base_encoder, detector):
+    from gate.components import Encoder
+    from gate_plugins.dlib_torch import DlibTorchEncoder, DlibTorchOptions
+
+    assert isinstance(base_encoder, TrainableEncoder)
+    assert base_encoder.views == ["landmarks", "sp5", "flip"]
+
+    class Fixed(Encoder):
+        """An encoder with no network to adapt."""
+
+        name = "fixed"
+
+        def encode(self, image, faces):
+            return np.zeros((len(faces), 128), np.float32)
+
+    variant = DlibTorchEncoder(DlibTorchOptions(variant=str(trained[0].path)))
+    assert isinstance(variant, TrainableEncoder)
+    cases = [
+        (Fixed(), "encoder 'fixed' cannot be trained"),
+        (variant, r"training starts from the base network, 'dlib-resnet-v1' \(128-d\)"),
+    ]
+    for encoder, message in cases:
+        with pytest.raises(TrainingError, match=message):
+            train(site, "triplet", 1, site / "x.pt", encoder=encoder, detector=detector)
+    assert not (site / "x.pt").exists()
 
 
 def test_choose_threshold_never_accepts_more_than_the_base():
@@ -399,6 +467,24 @@ def test_the_held_out_check_warns_when_the_rule_fails_on_unseen_people():
     assert "gate eval" in check["warning"] and "[recognition] threshold" in check["warning"]
 
 
+def test_a_failed_held_out_check_is_logged_as_a_warning(caplog):
+    """The warning that ``gate train`` prints, from fold measures that fail the check and from
+    ones that pass it (the training run above gives one or the other by chance)."""
+    base = [np.array(fold) for fold in ([0.7, 0.8], [0.7, 0.8], [0.5, 0.8])]
+    failing = [np.array(fold) for fold in ([0.3, 0.4], [0.3, 0.4], [0.1, 0.2])]
+    passing = [fold / 2 for fold in base]
+    for variant, warns in ((failing, True), (passing, False)):
+        caplog.clear()
+        measured = {"bn": base, "bi": base, "vn": variant, "vi": variant}
+        with caplog.at_level(logging.WARNING, logger="gate.train"):
+            chosen = _threshold_from_folds(measured, 0.6)
+        assert chosen.held_out == _held_out_check(measured, 0.6)
+        assert (chosen.held_out["warning"] is not None) == warns
+        logged = [(r.levelname, r.getMessage()) for r in caplog.records]
+        assert logged == ([("WARNING", chosen.held_out["warning"])] if warns else [])
+        assert len(chosen.fold_thresholds) == 3 and chosen.value <= min(chosen.fold_thresholds)
+
+
 def test_people_not_photos_are_split_and_the_split_is_seeded():
     people = [f"p{i:02d}" for i in range(18)]
     train_people, val = split_people(people, 0.25, seed=3)
@@ -427,8 +513,7 @@ def _cli_group():
     from gate_plugins import training
 
     pm = make_plugin_manager(entry_points=False)
-    if not pm.is_registered(training):
-        pm.register_plugin(training, "gate_plugins.training", "test", "test")
+    assert pm.is_registered(training)  # a built-in
     commands = dict(cli.commands)
     group = GateGroup(name="gate", params=cli.params, callback=cli.callback, commands=commands)
     pm.hook.register_commands(cli=group)
@@ -484,6 +569,12 @@ def test_gate_train_then_gate_eval_with_the_variant(site, tmp_path):
     args = ["--config", str(base_config), "train", "--data", str(site), "--out", "x.pt"]
     wrong = runner.invoke(gate, [*args, "--loss", "arcface", "--mining", "semi_hard"])
     assert wrong.exit_code == 1 and "mining applies to the triplet loss only" in wrong.output
+    untrainable = runner.invoke(gate, [*args, "--encoder", "dlib"])
+    assert untrainable.exit_code == 1 and "Traceback" not in untrainable.output
+    assert untrainable.output.splitlines() == [
+        "Error: encoder 'dlib' cannot be trained: gate train adapts an encoder's network "
+        "(trainable: dlib-torch)"
+    ]
 
 
 def test_tight_crops_are_padded_when_no_face_is_found_and_bad_photos_skipped(

@@ -91,8 +91,3 @@ def extract_chip(image: np.ndarray, image_to_chip: np.ndarray, size: int = CHIP_
         flags=cv.INTER_LINEAR | cv.WARP_INVERSE_MAP,
         borderMode=cv.BORDER_CONSTANT,
     )
-
-
-def align(image: np.ndarray, face: Face, size: int = CHIP_SIZE) -> np.ndarray:
-    """The aligned chip of one face."""
-    return extract_chip(image, chip_matrix(face), size)

@@ -1,13 +1,16 @@
-"""Adapt the ``dlib-torch`` encoder to a site: train an encoder variant, and measure encoders.
+"""Adapt an encoder to a site: train an encoder variant, and measure encoders.
 
-:func:`train` reads a folder with one subfolder of photos per person, detects and aligns each
-face once (a tight crop where the detector finds nothing is padded by half its size, edges
-replicated, and tried again), splits the people (never the photos) into training and
-validation sets with a fixed seed, and fits a :class:`.head.ProjectionHead` (and,
-optionally, the network's last residual blocks) with a loss from :func:`make_loss` on P x K
-batches of :class:`DoorCameraAugment`-ed chips. It keeps the epoch with the best validation
-score, chooses the match threshold (:func:`choose_threshold`) and writes the variant file with
-``<out>.metrics.json`` and ``<out>.metrics.csv`` beside it.
+:func:`train` takes the encoder to adapt (a :class:`.trainable.TrainableEncoder`: today
+``dlib-torch``, built by the caller from the plugins' registry) and a detector. It reads a
+folder with one subfolder of photos per person, detects and aligns each face once (a tight
+crop where the detector finds nothing is padded by half its size, edges replicated, and tried
+again), splits the people (never the photos) into training and validation sets with a fixed
+seed, and fits a :class:`.head.ProjectionHead` (and, optionally, the network's last residual
+blocks) with a loss from :func:`make_loss` on P x K batches of :class:`DoorCameraAugment`-ed
+chips. It keeps the epoch with the best validation score, chooses the match threshold
+(:func:`choose_threshold`) and writes the variant file with ``<out>.metrics.json`` and
+``<out>.metrics.csv`` beside it. Each of these steps is a function of its own, named in
+:func:`train`'s docstring.
 
 The frozen part of the network runs once per chip: before training each photo's clean views
 and ``augment_copies`` augmented chips are pushed through it and cached, and every epoch draws
@@ -15,7 +18,8 @@ from that cache. The network has no batch norm (dlib's affine layers are fixed),
 frozen part is exact in eval mode.
 
 Reading the folder is :mod:`.folders`; scoring an encoder on it (``gate eval``,
-validation here) is :mod:`gate.recognition.metric.scoring`.
+validation here) is :mod:`gate.recognition.metric.scoring`; the losses offered are
+:mod:`.choices`.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gate.errors import TrainingError
+from gate.recognition.metric.choices import DEFAULT_LOSS_OPTIONS, TRAIN_LOSSES, TRIPLET_MINING
 from gate.recognition.metric.folders import Progress, faces_of, person_folders
+from gate.recognition.metric.trainable import TrainableEncoder
 
 if TYPE_CHECKING:
     from gate.components import Detector
@@ -60,19 +66,6 @@ __all__ = [
 
 logger = logging.getLogger("gate.train")
 
-#: The losses ``gate train`` offers, with the options each gets unless told otherwise. Margins
-#: suit the head's start (a cap of the unit sphere where faces of different people are about
-#: 0.2-0.3 apart, see ProjectionHead) and a few dozen identities.
-DEFAULT_LOSS_OPTIONS: dict[str, dict[str, Any]] = {
-    "contrastive": {"margin": 0.3},
-    "triplet": {"margin": 0.2, "mining": "semi_hard"},
-    "center": {"center_weight": 1.0},
-    "arcface": {"s": 30.0, "m": 0.1},
-    "cosface": {"s": 30.0, "m": 0.05},
-}
-TRAIN_LOSSES: tuple[str, ...] = tuple(DEFAULT_LOSS_OPTIONS)
-#: The triplet loss's mining strategies (``losses.MINING_STRATEGIES``, without torch).
-TRIPLET_MINING: tuple[str, ...] = ("batch_all", "batch_hard", "semi_hard")
 MONITOR = "eer"
 #: Confidence of the lower bound on the base encoder's acceptance that the variant must stay
 #: under (:func:`allowed_count`): one-sided 95%, fixed in advance, not fitted to any data.
@@ -612,6 +605,13 @@ class _Fitter:
         batches = {"p": p, "k": k, "batches_per_epoch": len(sampler)}
         return head.eval(), best_state, history, batches
 
+    def restore(self) -> None:
+        """Put the network's own tail weights back, frozen."""
+        if self.n_blocks:
+            self.model.load_state_dict(self.start_tail, strict=False)
+        for _, prm in self._tail_parameters():
+            prm.requires_grad_(False)
+
     def _tail_parameters(self) -> list[tuple[str, Any]]:
         from gate.recognition.metric.head import tail_blocks
 
@@ -628,6 +628,8 @@ def train(
     epochs: int = 30,
     out: str | os.PathLike[str] = "site",
     *,
+    encoder: TrainableEncoder,
+    detector: Detector,
     mining: str | None = None,
     loss_options: Mapping[str, Any] | None = None,
     head_dim: int = 128,
@@ -641,15 +643,23 @@ def train(
     lr: float = 1e-3,
     weight_decay: float = 1e-4,
     augment_copies: int = 6,
-    detector: Detector | None = None,
-    encoder_options: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
 ) -> TrainResult:
-    """Train an encoder variant on ``data_dir`` (one subfolder per person); write it to ``out``.
+    """Train a variant of ``encoder`` on ``data_dir`` (one subfolder per person); write it to
+    ``out``.
 
-    ``out`` is a variant name (written to the data dir's ``encoders/``) or a path. The metrics
-    go beside it as ``.metrics.json`` (settings, per-epoch history, validation summary) and
-    ``.metrics.csv`` (one row per epoch).
+    ``encoder`` is the base encoder to adapt (a :class:`.trainable.TrainableEncoder`, without
+    a variant, in float32) and ``detector`` finds the faces; the caller builds both. Training
+    changes the encoder's network only while it runs. ``out`` is a variant name (written to
+    the data dir's ``encoders/``) or a path. The metrics go beside it as ``.metrics.json``
+    (settings, per-epoch history, validation summary) and ``.metrics.csv`` (one row per epoch).
+
+    The steps, each a function below: read the folder and split its people
+    (:func:`_read_site`), push every chip through the frozen part of the network once
+    (:func:`_cache_chips`), fit the head with early stopping (:func:`_fit_head`), choose the
+    threshold on folds of people and check the rule on held-out ones (:func:`_calibrate`),
+    summarise validation (:func:`_summarise_validation`), and save the variant with its
+    metrics (:func:`_save`).
 
     * Split: :func:`split_people` with ``seed``; nobody in validation is trained on.
     * Data: every face found is aligned once into the encoder's views (YuNet's landmarks and
@@ -697,25 +707,134 @@ def train(
     Everything is seeded by ``seed`` (split, folds, augmentation, sampler, torch).
     """
     import torch
-    from pydantic import ValidationError
 
     from gate import __version__
     from gate.recognition.metric.augment import DoorCameraAugment
     from gate.recognition.metric.head import (
         BASE_DIM,
-        BASE_ENCODER,
-        BASE_SPACE,
-        VARIANT_FORMAT,
         ProjectionHead,
         backbone_state,
-        load_variant,
-        save_variant,
         tail_blocks,
         variant_path,
     )
-    from gate_plugins.dlib_torch import DlibTorchEncoder, DlibTorchOptions
 
     started = time.perf_counter()
+    name, options = _loss_settings(loss, mining, loss_options)
+    if epochs < 1 or patience < 1 or augment_copies < 0 or p < 2 or k < 2 or head_dim < 1:
+        raise TrainingError("need epochs, patience, head_dim >= 1, augment_copies >= 0, p, k >= 2")
+    try:
+        blocks = tail_blocks(unfreeze_blocks)
+        head_spec = ProjectionHead(BASE_DIM, head_dim, hidden).spec()
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
+    _check_encoder(encoder)
+    n_blocks = len(blocks)
+    target = variant_path(out)
+    model = encoder.model
+
+    torch.manual_seed(seed)
+    site = _read_site(data_dir, detector, encoder, val_fraction, seed, progress)
+    faces_done = time.perf_counter()
+    augment = DoorCameraAugment(seed=seed)
+    cache = _cache_chips(site, encoder, n_blocks, augment, augment_copies, progress)
+    cached = time.perf_counter()
+    base_vectors = cache.embed(None)  # the base encoder, as it is
+    base_threshold = float(encoder.threshold)
+    fitter = _Fitter(
+        model=model,
+        feats=cache.feats,
+        entries=cache.entries(),
+        ids=site.ids,
+        n_blocks=n_blocks,
+        device=encoder.device,
+        loss=name,
+        options=options,
+        head_spec=head_spec,
+        lr=lr,
+        weight_decay=weight_decay,
+        p=p,
+        k=k,
+        start_tail=backbone_state(model, n_blocks),
+    )
+    try:
+        # tiny batches of 128-d vectors: more threads only add synchronisation
+        with _torch_threads(None if n_blocks else 1):
+            fitted = _fit_head(fitter, cache, site, epochs, seed, patience, progress)
+            trained = time.perf_counter()
+            threshold = _calibrate(fitter, fitted, cache, site, base_vectors, seed, base_threshold)
+        calibrated = time.perf_counter()
+        validation, notes = _summarise_validation(
+            cache, site, fitted, threshold, base_vectors, base_threshold, hidden
+        )
+    finally:  # the encoder's network as it was given, even when training fails
+        fitter.restore()
+    data = site.summary()
+    training = {
+        "epochs": epochs,
+        "epochs_run": len(fitted.history) - 1,
+        "best_epoch": fitted.best_epoch,
+        "learnt": fitted.learnt,
+        "patience": patience,
+        "monitor": MONITOR,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        **fitted.batches,
+        "optimizer": "AdamW",
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "augment": {"copies": augment_copies, "probabilities": augment.probabilities},
+        "views": encoder.views,
+        "unfreeze_blocks": n_blocks,
+        "device": str(encoder.device),
+        "torch": str(torch.__version__),
+        "gate": __version__,
+    }
+    timings = {
+        "faces_s": round(faces_done - started, 3),
+        "cache_s": round(cached - faces_done, 3),
+        "train_s": round(trained - cached, 3),
+        "calibrate_s": round(calibrated - trained, 3),
+    }
+    timings["total_s"] = round(time.perf_counter() - started, 3)
+    variant, metrics_json, metrics_csv = _save(
+        target,
+        loss={"name": name, "options": options},
+        head_spec=head_spec,
+        blocks=blocks,
+        fitted=fitted,
+        threshold=threshold.value,
+        base_threshold=base_threshold,
+        training=training,
+        data=data,
+        validation=validation,
+        timings=timings,
+        notes=notes,
+        skipped=site.skipped,
+    )
+    return TrainResult(
+        path=target,
+        metrics_json=metrics_json,
+        metrics_csv=metrics_csv,
+        variant=variant,
+        history=fitted.history,
+        best_epoch=fitted.best_epoch,
+        threshold=threshold.value,
+        validation=validation,
+        data=data,
+        timings=timings,
+        skipped=site.skipped,
+        learnt=fitted.learnt,
+        notes=notes,
+    )
+
+
+# --------------------------------------------------------------------------- train's steps
+
+
+def _loss_settings(
+    loss: str, mining: str | None, loss_options: Mapping[str, Any] | None
+) -> tuple[str, dict[str, Any]]:
+    """The loss's name and its options: the defaults, then ``mining`` and ``loss_options``."""
     name = loss.strip().lower()
     if name not in DEFAULT_LOSS_OPTIONS:
         raise TrainingError(f"unknown loss {loss!r}; choose one of {', '.join(TRAIN_LOSSES)}")
@@ -727,28 +846,71 @@ def train(
             raise TrainingError(f"unknown mining {mining!r}: {', '.join(TRIPLET_MINING)}")
         options["mining"] = mining
     options.update(loss_options or {})
-    if epochs < 1 or patience < 1 or augment_copies < 0 or p < 2 or k < 2 or head_dim < 1:
-        raise TrainingError("need epochs, patience, head_dim >= 1, augment_copies >= 0, p, k >= 2")
-    try:
-        blocks = tail_blocks(unfreeze_blocks)
-        head_spec = ProjectionHead(BASE_DIM, head_dim, hidden).spec()
-    except ValueError as exc:
-        raise TrainingError(str(exc)) from None
-    n_blocks = len(blocks)
-    target = variant_path(out)
+    return name, options
 
-    # ---- faces, split
-    torch.manual_seed(seed)
-    settings = {**(encoder_options or {}), "variant": None, "precision": "fp32"}
-    try:
-        encoder = DlibTorchEncoder(DlibTorchOptions(**settings))
-    except ValidationError as exc:
-        raise TrainingError(f"encoder options: {exc.errors()[0]['msg']}") from None
-    if detector is None:
-        from gate_plugins.yunet import YuNetDetector
 
-        detector = YuNetDetector()
-    device, model, flip = encoder.device, encoder.model, encoder.options.flip
+def _check_encoder(encoder: Any) -> None:
+    """Refuse an encoder training cannot start from: not trainable, running a variant (or
+    another network than the one variants adapt), or not in float32."""
+    import torch
+
+    from gate.recognition.metric.head import BASE_DIM, BASE_SPACE
+
+    label = getattr(encoder, "name", type(encoder).__name__)
+    if not isinstance(encoder, TrainableEncoder):
+        raise TrainingError(f"encoder {label!r} cannot be trained: it has no network to adapt")
+    if (encoder.space, encoder.dim) != (BASE_SPACE, BASE_DIM):
+        raise TrainingError(
+            f"encoder {label!r} runs space {encoder.space!r} ({encoder.dim}-d): training "
+            f"starts from the base network, {BASE_SPACE!r} ({BASE_DIM}-d), without a variant"
+        )
+    if next(encoder.model.parameters()).dtype != torch.float32:
+        raise TrainingError(f"encoder {label!r}: training needs its network in float32 (fp32)")
+
+
+@dataclass
+class _Site:
+    """A training folder's faces, as the encoder's chips, and its people split."""
+
+    photos: list[_Photo]
+    skipped: list[dict[str, str]]
+    padded: int  # photos whose face was found only once padded
+    everyone: list[str]
+    train_people: list[str]
+    val_people: list[str]
+    folds: list[list[str]]  # calibration folds of people; fold 0 is the validation people
+    ids: np.ndarray  # per photo: its person's index in ``everyone``
+    fold_masks: list[np.ndarray]  # per fold: which photos are its people's
+
+    @property
+    def is_val(self) -> np.ndarray:
+        """Per photo: whether its person is held out for validation."""
+        return self.fold_masks[0]
+
+    def summary(self) -> dict[str, int]:
+        """How many people and photos, trained and validated on, skipped and padded."""
+        return {
+            "people": len(self.everyone),
+            "photos": len(self.photos),
+            "train_people": len(self.train_people),
+            "train_photos": int((~self.is_val).sum()),
+            "val_people": len(self.val_people),
+            "val_photos": int(self.is_val.sum()),
+            "skipped_photos": len(self.skipped),
+            "padded_photos": self.padded,
+        }
+
+
+def _read_site(
+    data_dir: str | os.PathLike[str],
+    detector: Detector,
+    encoder: TrainableEncoder,
+    val_fraction: float,
+    seed: int,
+    progress: Progress | None,
+) -> _Site:
+    """Read the folder: every photo's face aligned once into the encoder's views, and the
+    people split (seeded) into training and validation, and into calibration folds."""
     skipped: list[dict[str, str]] = []
     photos: list[_Photo] = []
     padded = 0
@@ -757,7 +919,6 @@ def train(
     ):
         photos.append(_Photo(person, encoder.face_chips(image, face)))
         padded += was_padded
-    faces_done = time.perf_counter()
     everyone = sorted({ph.person for ph in photos})
     train_people, val_people = split_people(everyone, val_fraction, seed)
     folds = calibration_folds(everyone, val_people, seed)
@@ -770,12 +931,53 @@ def train(
     for mask in fold_masks:
         if (np.bincount(ids[~mask]) >= 2).sum() < 2:
             raise TrainingError("need at least 2 training people with 2 or more photos each")
+    return _Site(
+        photos, skipped, padded, everyone, train_people, val_people, folds, ids, fold_masks
+    )
 
-    # ---- cache the frozen part of the network (clean views and mirrors, augmented copies)
-    augment = DoorCameraAugment(seed=seed)
+
+@dataclass
+class _Cache:
+    """The frozen part of the network's output for every chip, computed once."""
+
+    model: Any
+    n_blocks: int
+    n_photos: int
+    feats: Any  # one row per chip: the clean views and mirrors, and the augmented copies
+    owner: Any  # per row: its photo
+    clean_feats: Any  # the rows of the clean views and their mirrors (no augmented copy)
+    clean_owner: Any  # per clean row: its photo
+
+    def entries(self) -> list[Any]:
+        """Per photo: its rows in ``feats``."""
+        import torch
+
+        return [torch.nonzero(self.owner == i).flatten() for i in range(self.n_photos)]
+
+    def embed(self, head: Any) -> np.ndarray:
+        """Per-photo embeddings from the clean rows, as the encoder makes them (head None:
+        the base encoder)."""
+        return _embed(
+            self.model, head, self.clean_feats, self.clean_owner, self.n_photos, self.n_blocks
+        )
+
+
+def _cache_chips(
+    site: _Site,
+    encoder: TrainableEncoder,
+    n_blocks: int,
+    augment: Callable[[np.ndarray], np.ndarray],
+    augment_copies: int,
+    progress: Progress | None,
+) -> _Cache:
+    """Push each photo's views (and their mirrors when the encoder flips) and
+    ``augment_copies`` augmented chips through the frozen part of the network, in batches."""
+    import torch
+
+    flip = encoder.flip
 
     def chips() -> Iterator[tuple[int, bool, np.ndarray]]:
-        for number, photo in enumerate(photos):
+        for number, photo in enumerate(site.photos):
             for chip in photo.chips:
                 yield number, True, chip
                 if flip:
@@ -784,12 +986,13 @@ def train(
                 bgr = np.ascontiguousarray(photo.chips[c % len(photo.chips)][:, :, ::-1])
                 yield number, False, np.ascontiguousarray(augment(bgr)[:, :, ::-1])
 
-    total = sum(len(ph.chips) * (1 + flip) + augment_copies for ph in photos)
+    total = sum(len(ph.chips) * (1 + flip) + augment_copies for ph in site.photos)
     parts, owner, clean, pending = [], [], [], []
     for item in chips():
         pending.append(item)
-        if len(pending) == encoder.options.batch_size or len(owner) + len(pending) == total:
-            parts.append(_forward_chips(model, [c for _, _, c in pending], n_blocks, device))
+        if len(pending) == encoder.batch_size or len(owner) + len(pending) == total:
+            chunk = [c for _, _, c in pending]
+            parts.append(_forward_chips(encoder.model, chunk, n_blocks, encoder.device))
             owner += [number for number, _, _ in pending]
             clean += [is_clean for _, is_clean, _ in pending]
             pending.clear()
@@ -798,149 +1001,213 @@ def train(
     feats = torch.cat(parts)
     del parts
     owner_t, clean_t = torch.as_tensor(owner), torch.as_tensor(clean)
-    clean_feats, clean_owner = feats[clean_t], owner_t[clean_t]
-    cached = time.perf_counter()
-
-    def embed(head: Any) -> np.ndarray:
-        return _embed(model, head, clean_feats, clean_owner, len(photos), n_blocks)
-
-    base_vectors = embed(None)  # the base encoder, as it is
-    base_threshold = float(DlibTorchEncoder.threshold)
-    fitter = _Fitter(
-        model=model,
-        feats=feats,
-        entries=[torch.nonzero(owner_t == i).flatten() for i in range(len(photos))],
-        ids=ids,
+    return _Cache(
+        model=encoder.model,
         n_blocks=n_blocks,
-        device=device,
-        loss=name,
-        options=options,
-        head_spec=head_spec,
-        lr=lr,
-        weight_decay=weight_decay,
-        p=p,
-        k=k,
-        start_tail=backbone_state(model, n_blocks),
+        n_photos=len(site.photos),
+        feats=feats,
+        owner=owner_t,
+        clean_feats=feats[clean_t],
+        clean_owner=owner_t[clean_t],
     )
 
+
+@dataclass
+class _Fitted:
+    """The kept head, its weights (and the network tail's), the epochs and the batches."""
+
+    head: Any
+    best_state: dict[str, Any]
+    history: list[dict[str, Any]]
+    batches: dict[str, Any]
+
+    @property
+    def best_epoch(self) -> int:
+        """The kept epoch (0: the untrained head)."""
+        return _best_epoch(self.history)
+
+    @property
+    def learnt(self) -> bool:
+        """Whether an epoch beat the untrained head."""
+        return self.best_epoch > 0
+
+
+def _fit_head(
+    fitter: _Fitter,
+    cache: _Cache,
+    site: _Site,
+    epochs: int,
+    seed: int,
+    patience: int,
+    progress: Progress | None,
+) -> _Fitted:
+    """Fit the head on the training people, scoring every epoch on validation, keeping the
+    best and stopping after ``patience`` epochs without improvement."""
+
     def score(head: Any, epoch: int, train_loss: float) -> dict[str, Any]:
-        distances = _validation_distances(embed(head), ids, is_val)
+        distances = _validation_distances(cache.embed(head), site.ids, site.is_val)
         return {"epoch": epoch, "train_loss": train_loss, **_validation_metrics(*distances)}
 
-    # ---- the model, then one model per other fold for the threshold
-    # tiny batches of 128-d vectors: more threads only add synchronisation
-    with _torch_threads(None if n_blocks else 1):
-        head, best_state, history, batches = fitter.fit(
-            ~is_val, epochs, seed, patience, score, progress
-        )
-        best_epoch = _best_epoch(history)
-        trained = time.perf_counter()
-        measured: dict[str, list[np.ndarray]] = {key: [] for key in ("bi", "vi", "bn", "vn")}
-        for number, mask in enumerate(fold_masks):
-            fold_head = head if number == 0 else fitter.fit(~mask, best_epoch, seed + number)[0]
-            d, same, nearest = _validation_distances(embed(fold_head), ids, mask)
-            base_d, _, base_nearest = _validation_distances(base_vectors, ids, mask)
-            for key, values in (
-                ("vi", d[~same]),
-                ("bi", base_d[~same]),
-                ("vn", nearest),
-                ("bn", base_nearest),
-            ):
-                measured[key].append(values)
-        if n_blocks:  # the fold models changed the network's tail: put the kept one back
-            model.load_state_dict(best_state["backbone"], strict=False)
-    threshold, fold_thresholds = _threshold_of(measured, range(len(folds)), base_threshold)
-    held_out = _held_out_check(measured, base_threshold)
-    bi, vi, bn, vn = (np.concatenate(measured[key]) for key in ("bi", "vi", "bn", "vn"))
-    calibrated = time.perf_counter()
+    head, best_state, history, batches = fitter.fit(
+        ~site.is_val, epochs, seed, patience, score, progress
+    )
+    return _Fitted(head, best_state, history, batches)
 
-    # ---- summaries and files
-    val_d, val_same, val_nearest = _validation_distances(embed(head), ids, is_val)
-    base_d, _, base_nearest = _validation_distances(base_vectors, ids, is_val)
-    learnt = best_epoch > 0
-    notes = [] if learnt else [NOTHING_LEARNT if hidden is None else NOTHING_LEARNT_MLP]
-    too_small = validation_too_small(len(val_people), int(val_same.sum()), history[0])
+
+@dataclass
+class _Threshold:
+    """The variant's threshold, each fold's own, the held-out check and what they rest on."""
+
+    value: float
+    fold_thresholds: list[float]
+    held_out: dict[str, Any]
+    #: per measure (``b``/``v``: base/variant, ``i``/``n``: impostor pairs/nearest distance
+    #: of strangers), per fold: the distances
+    measured: dict[str, list[np.ndarray]]
+
+    def pooled(self, key: str) -> np.ndarray:
+        """One measure over every fold."""
+        return np.concatenate(self.measured[key])
+
+
+def _calibrate(
+    fitter: _Fitter,
+    fitted: _Fitted,
+    cache: _Cache,
+    site: _Site,
+    base_vectors: np.ndarray,
+    seed: int,
+    base_threshold: float,
+) -> _Threshold:
+    """Measure every fold of people as strangers to a head that never saw them (the kept
+    head for fold 0, one fitted for as many epochs without each other fold) and to the base
+    encoder, then choose the threshold (:func:`_threshold_from_folds`). The network's tail
+    is left as the kept model has it."""
+    measured: dict[str, list[np.ndarray]] = {key: [] for key in ("bi", "vi", "bn", "vn")}
+    for number, mask in enumerate(site.fold_masks):
+        if number == 0:
+            fold_head = fitted.head
+        else:
+            fold_head = fitter.fit(~mask, fitted.best_epoch, seed + number)[0]
+        d, same, nearest = _validation_distances(cache.embed(fold_head), site.ids, mask)
+        base_d, _, base_nearest = _validation_distances(base_vectors, site.ids, mask)
+        for key, values in (
+            ("vi", d[~same]),
+            ("bi", base_d[~same]),
+            ("vn", nearest),
+            ("bn", base_nearest),
+        ):
+            measured[key].append(values)
+    if fitter.n_blocks:  # the fold models changed the network's tail: put the kept one back
+        fitter.model.load_state_dict(fitted.best_state["backbone"], strict=False)
+    return _threshold_from_folds(measured, base_threshold)
+
+
+def _threshold_from_folds(
+    measured: dict[str, list[np.ndarray]], base_threshold: float
+) -> _Threshold:
+    """The threshold over all folds (:func:`_threshold_of`) and the rule's own check on
+    held-out folds (:func:`_held_out_check`), whose warning is logged."""
+    value, fold_thresholds = _threshold_of(measured, range(len(measured["bn"])), base_threshold)
+    held_out = _held_out_check(measured, base_threshold)
+    if held_out["warning"]:
+        logger.warning("%s", held_out["warning"])
+    return _Threshold(value, fold_thresholds, held_out, measured)
+
+
+def _summarise_validation(
+    cache: _Cache,
+    site: _Site,
+    fitted: _Fitted,
+    threshold: _Threshold,
+    base_vectors: np.ndarray,
+    base_threshold: float,
+    hidden: int | None,
+) -> tuple[dict[str, Any], list[str]]:
+    """The validation people scored by the base encoder and the variant, the calibration's
+    figures, and the notes for the user (nothing learnt, validation too small)."""
+    t = threshold.value
+    val_d, val_same, val_nearest = _validation_distances(
+        cache.embed(fitted.head), site.ids, site.is_val
+    )
+    base_d, _, base_nearest = _validation_distances(base_vectors, site.ids, site.is_val)
+    notes = [] if fitted.learnt else [NOTHING_LEARNT if hidden is None else NOTHING_LEARNT_MLP]
+    too_small = validation_too_small(len(site.val_people), int(val_same.sum()), fitted.history[0])
     if too_small:
         notes.insert(0, too_small)
+    bi, vi, bn, vn = (threshold.pooled(key) for key in ("bi", "vi", "bn", "vn"))
+    held_out = threshold.held_out
     validation = {
         "too_small": too_small,
-        "people": len(val_people),
-        "photos": int(is_val.sum()),
+        "people": len(site.val_people),
+        "photos": int(site.is_val.sum()),
         "genuine_pairs": int(val_same.sum()),
         "impostor_pairs": int((~val_same).sum()),
         "base": _validation_metrics(base_d, val_same, base_nearest, base_threshold),
-        "variant": _validation_metrics(val_d, val_same, val_nearest, threshold),
+        "variant": _validation_metrics(val_d, val_same, val_nearest, t),
         "calibration": {
-            "folds": len(folds),
-            "fold_thresholds": fold_thresholds,
+            "folds": len(site.folds),
+            "fold_thresholds": threshold.fold_thresholds,
             "strangers": int(bn.size),
             "impostor_pairs": int(bi.size),
             "base_stranger_rejection": float((bn > base_threshold).mean()),
-            "variant_stranger_rejection": float((vn > threshold).mean()),
+            "variant_stranger_rejection": float((vn > t).mean()),
             "base_impostor_rejection": float((bi > base_threshold).mean()),
-            "variant_impostor_rejection": float((vi > threshold).mean()),
+            "variant_impostor_rejection": float((vi > t).mean()),
             "confidence": THRESHOLD_CONFIDENCE,
             "base_strangers_accepted": int((bn <= base_threshold).sum()),
             "strangers_allowed": allowed_count(int((bn <= base_threshold).sum()), bn.size),
-            "variant_strangers_accepted": int((vn <= threshold).sum()),
+            "variant_strangers_accepted": int((vn <= t).sum()),
             "held_out": held_out,
             "warning": held_out["warning"],
         },
         "threshold_rule": THRESHOLD_RULE,
     }
-    data = {
-        "people": len(everyone),
-        "photos": len(photos),
-        "train_people": len(train_people),
-        "train_photos": int((~is_val).sum()),
-        "val_people": len(val_people),
-        "val_photos": int(is_val.sum()),
-        "skipped_photos": len(skipped),
-        "padded_photos": padded,
-    }
-    training = {
-        "epochs": epochs,
-        "epochs_run": len(history) - 1,
-        "best_epoch": best_epoch,
-        "learnt": learnt,
-        "patience": patience,
-        "monitor": MONITOR,
-        "seed": seed,
-        "val_fraction": val_fraction,
-        **batches,
-        "optimizer": "AdamW",
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "augment": {"copies": augment_copies, "probabilities": augment.probabilities},
-        "views": [*encoder.options.alignments, *(["flip"] if flip else [])],
-        "unfreeze_blocks": n_blocks,
-        "device": str(device),
-        "torch": str(torch.__version__),
-        "gate": __version__,
-    }
-    timings = {
-        "faces_s": round(faces_done - started, 3),
-        "cache_s": round(cached - faces_done, 3),
-        "train_s": round(trained - cached, 3),
-        "calibrate_s": round(calibrated - trained, 3),
-    }
-    timings["total_s"] = round(time.perf_counter() - started, 3)
+    return validation, notes
+
+
+def _save(
+    target: Path,
+    *,
+    loss: dict[str, Any],
+    head_spec: dict[str, Any],
+    blocks: list[int],
+    fitted: _Fitted,
+    threshold: float,
+    base_threshold: float,
+    training: dict[str, Any],
+    data: dict[str, Any],
+    validation: dict[str, Any],
+    timings: dict[str, float],
+    notes: list[str],
+    skipped: list[dict[str, str]],
+) -> tuple[Variant, Path, Path]:
+    """Write the variant file and, beside it, ``.metrics.json`` and ``.metrics.csv``; the
+    variant as loaded back and the two paths."""
+    from gate.recognition.metric.head import (
+        BASE_DIM,
+        BASE_ENCODER,
+        BASE_SPACE,
+        VARIANT_FORMAT,
+        load_variant,
+        save_variant,
+    )
+
+    history = fitted.history
     record = {
         "format": VARIANT_FORMAT,
         "base": {"encoder": BASE_ENCODER, "space": BASE_SPACE, "dim": BASE_DIM},
-        "head": {**head_spec, "state_dict": best_state["head"]},
-        "backbone": {"blocks": blocks, "fused": True, "state_dict": best_state["backbone"]},
+        "head": {**head_spec, "state_dict": fitted.best_state["head"]},
+        "backbone": {"blocks": blocks, "fused": True, "state_dict": fitted.best_state["backbone"]},
         "threshold": threshold,
         "threshold_rule": THRESHOLD_RULE,
         "base_threshold": base_threshold,
-        "loss": {"name": name, "options": options},
+        "loss": loss,
         "training": training,
         "data": data,
         "metrics": {"validation": validation, "history": history, "timings": timings},
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    if held_out["warning"]:
-        logger.warning("%s", held_out["warning"])
     save_variant(record, target)
     variant = load_variant(target)
     stem = target.name[: -len(".pt")] if target.name.endswith(".pt") else target.name
@@ -951,9 +1218,9 @@ def train(
         "space": variant.space,
         "sha256": variant.sha256,
         "threshold": threshold,
-        "learnt": learnt,
+        "learnt": fitted.learnt,
         "notes": notes,
-        "loss": record["loss"],
+        "loss": loss,
         "head": head_spec,
         "training": training,
         "data": data,
@@ -967,21 +1234,7 @@ def train(
         writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(history)
-    return TrainResult(
-        path=target,
-        metrics_json=metrics_json,
-        metrics_csv=metrics_csv,
-        variant=variant,
-        history=history,
-        best_epoch=best_epoch,
-        threshold=threshold,
-        validation=validation,
-        data=data,
-        timings=timings,
-        skipped=skipped,
-        learnt=learnt,
-        notes=notes,
-    )
+    return variant, metrics_json, metrics_csv
 
 
 @contextmanager
