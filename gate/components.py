@@ -3,23 +3,56 @@
 A plugin supplies a component by subclassing one of :class:`Detector`,
 :class:`Encoder`, :class:`Matcher` or :class:`Actuator`, giving it a unique
 ``name`` and, when it takes settings, its own strict ``Options`` model. The
-config picks components by name and passes each its options section.
+config picks components by name and passes each its options section; an
+actuator gets what it works with (the doors, the MQTT link, the door keys,
+the way to carry a remote command) in :class:`ActuatorSetup` when it starts.
+
+The other contracts a plugin meets are re-exported here: :class:`AccessEvent`
+(``access_decided``), :class:`AccessRequest` and :class:`Verdict`
+(``access_policy``), :class:`TrackFrame` and :class:`LivenessVerdict`
+(``presentation_attack``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from gate.policy.access import AccessRequest, Verdict
+from gate.storage.events import AccessEvent, Decision
+
 if TYPE_CHECKING:
-    from gate.messaging.context import Context
+    from gate.config import GateConfig
+    from gate.messaging.mqtt import MqttLink
     from gate.recognition.calibration import ImpostorModel
-    from gate.storage.events import AccessEvent
+    from gate.runtime.doors import DoorSpec
+
+__all__ = [
+    "AccessEvent",
+    "AccessRequest",
+    "Action",
+    "Actuator",
+    "ActuatorSetup",
+    "Decision",
+    "Detector",
+    "DoorCommand",
+    "Encoder",
+    "Face",
+    "LivenessVerdict",  # noqa: F822  (module __getattr__)
+    "Match",
+    "Matcher",
+    "RemoteCommands",
+    "StrictOptions",
+    "TrackFrame",  # noqa: F822
+    "Verdict",
+]
 
 #: Landmark schemes a detector may report. ``yunet5``: the subject's right eye,
 #: left eye, nose tip, right mouth corner, left mouth corner. ``dlib5``: the
@@ -50,6 +83,9 @@ class Face:
             marks = ((self.landmarks - np.array([dx, dy], np.float32)) * scale).astype(np.float32)
         return Face(box, self.score, marks, self.scheme)
 
+
+#: What a door command asks of the door.
+Action = Literal["unlock", "lock"]
 
 MatchStatus = Literal["match", "unknown", "ambiguous", "too_small", "low_quality"]
 
@@ -92,8 +128,12 @@ class DoorCommand:
     issued_at: float
     expires_at: float
     reason: str = "granted"
-    action: str = "unlock"
+    action: Action = "unlock"
     actor: str | None = None
+
+    def for_event(self, event_id: int | None) -> DoorCommand:
+        """This command carrying the id of the event it acts on."""
+        return replace(self, event_id=event_id)
 
     def expired(self, now: float) -> bool:
         """True once the command must no longer be sent."""
@@ -113,30 +153,28 @@ class StrictOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Component:
-    """Common ground of every pluggable part."""
+class Component(ABC):  # noqa: B024  (a common base; each kind has its abstract methods)
+    """Common ground of every pluggable part: a unique ``name``, a ``description`` that
+    ``gate plugins`` shows, and strict ``Options`` validated from the config."""
 
-    kind: ClassVar[str] = "component"
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
     description: ClassVar[str] = ""
     Options: ClassVar[type[StrictOptions]] = StrictOptions
 
-    def __init__(self, options: StrictOptions | None = None, context: Context | None = None):
+    def __init__(self, options: StrictOptions | None = None):
         self.options = options if options is not None else self.Options()
-        self.context = context
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional: most components hold nothing)
         """Release what the component holds (threads, sockets, models)."""
 
 
 class Detector(Component):
     """Finds faces in a BGR ``uint8`` image of shape ``(H, W, 3)``."""
 
-    kind = "detector"
-
+    @abstractmethod
     def detect(self, image: np.ndarray) -> list[Face]:
-        raise NotImplementedError
+        """Every face found, with its box, score and landmarks."""
 
 
 class Encoder(Component):
@@ -147,14 +185,13 @@ class Encoder(Component):
     its space). ``threshold`` is the default Euclidean match distance.
     """
 
-    kind = "encoder"
     dim: ClassVar[int] = 0
     space: ClassVar[str] = ""
     threshold: ClassVar[float] = 0.6
 
+    @abstractmethod
     def encode(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         """Embeddings ``(len(faces), dim)`` float32 for the faces of one image."""
-        raise NotImplementedError
 
     def impostor_model(self, rule: str = "nearest") -> ImpostorModel | None:
         """How close strangers come in this encoder's space, per image condition.
@@ -171,15 +208,15 @@ class Encoder(Component):
 class Matcher(Component):
     """Says which enrolled person, if any, an embedding belongs to."""
 
-    kind = "matcher"
     #: how a person is scored (``nearest`` template or ``mean`` of templates): the impostor
     #: model for this rule calibrates the threshold (:mod:`gate.recognition.calibration`)
     rule: str = "nearest"
 
+    @abstractmethod
     def fit(self, embeddings: np.ndarray, person_ids: np.ndarray) -> None:
         """Load every template: ``embeddings`` ``(T, dim)``, ``person_ids`` ``(T,)``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def match(
         self, embeddings: np.ndarray, *, threshold: float | np.ndarray, min_margin: float
     ) -> list[Match]:
@@ -188,22 +225,53 @@ class Matcher(Component):
         ``threshold`` is one distance for every row or one per row (gate
         calibrates it per image condition: see :mod:`gate.recognition.calibration`).
         """
-        raise NotImplementedError
+
+
+class RemoteCommands(Protocol):
+    """How an actuator hands on a door command that came from outside (Home Assistant)."""
+
+    def command(
+        self, door: str, action: Action, *, actor: str, reason: str
+    ) -> AccessEvent | None:
+        """Carry out ``action`` at ``door`` through gate's one path (logged, signed, sent)."""
+
+    def refused(self, door: str, action: str | None, *, actor: str, why: str) -> AccessEvent:
+        """Log a command that was refused, with who it says asked and why."""
+
+
+@dataclass(frozen=True)
+class ActuatorSetup:
+    """What an actuator is given when it starts.
+
+    ``doors`` are the doors it serves. ``one_off`` is set for a short-lived
+    process beside a running gate (``gate doors unlock``, ``gate doors
+    remove``): it sends what it is asked, announces nothing of its own, and
+    does not fail for want of a broker. ``mqtt()`` returns gate's shared MQTT
+    link, connecting it on first call. ``keys_dir`` holds the doors' signing
+    keys. ``remote`` carries commands from outside into the run (None when
+    nothing runs doors).
+    """
+
+    config: GateConfig
+    doors: tuple[DoorSpec, ...]
+    keys_dir: Path
+    mqtt: Callable[[], MqttLink]
+    remote: RemoteCommands | None = None
+    one_off: bool = False
 
 
 class Actuator(Component):
     """Carries door commands, decisions and presence out of gate."""
 
-    kind = "actuator"
     #: whether :meth:`send` really delivers (counts towards an event's ``delivered``)
     delivers: ClassVar[bool] = True
 
-    def start(self) -> None:
-        """Connect; called once before the first frame."""
+    def start(self, setup: ActuatorSetup) -> None:
+        """Connect and take what the run gives (:class:`ActuatorSetup`); before the first frame."""
 
+    @abstractmethod
     def send(self, command: DoorCommand) -> bool:
         """Send ``command`` (unlock or lock); True only when delivery is confirmed in time."""
-        raise NotImplementedError
 
     def announce(self, event: AccessEvent) -> None:
         """Publish a decision (granted or denied) for observers."""
@@ -214,6 +282,15 @@ class Actuator(Component):
     def availability(self, door: str, available: bool, why: str) -> None:
         """``door``'s camera gives frames (True), or not (False, and ``why``)."""
 
-    def doors_changed(self, doors: list) -> None:
-        """The run's doors (:class:`gate.runtime.doors.DoorSpec`) after doors were added, changed,
-        disabled or removed while gate runs."""
+    def doors_changed(self, doors: list[DoorSpec]) -> None:
+        """The run's doors after doors were added, changed, disabled or removed while gate
+        runs."""
+
+
+def __getattr__(name: str) -> Any:
+    """The liveness contracts, imported on first use (their module imports this one)."""
+    if name in ("LivenessVerdict", "TrackFrame"):
+        from gate.policy import liveness
+
+        return getattr(liveness, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -103,6 +103,12 @@ class DecisionConfig(Section):
         2.0, gt=0, le=60, description="An unlock not delivered within this is dropped."
     )
     snapshots: bool = Field(True, description="Keep a JPEG of the face with each event.")
+    relock_s: float = Field(
+        5.0, gt=0, le=3600, description="A door is taken to lock again this long after an unlock."
+    )
+    presence_off_s: float = Field(
+        2.0, ge=0, le=600, description="'Face in view' turns off after this long without one."
+    )
 
     @model_validator(mode="after")
     def _window_holds_confirmations(self) -> DecisionConfig:
@@ -224,19 +230,6 @@ class PolicyConfig(Section):
     )
 
 
-class HomeAssistantConfig(Section):
-    """MQTT discovery for Home Assistant (used by the ``homeassistant`` actuator)."""
-
-    discovery_prefix: str = Field("homeassistant", min_length=1, pattern=r"^[^#+ ]+$")
-    status_topic: str = Field("homeassistant/status", min_length=1)
-    relock_s: float = Field(
-        5.0, gt=0, le=3600, description="Report LOCKED again this long after an unlock."
-    )
-    face_off_s: float = Field(
-        2.0, ge=0, le=600, description="'Face in view' turns off after this long without one."
-    )
-
-
 class RetentionConfig(Section):
     """How long the log keeps what it stores, in days; 0 keeps it for ever."""
 
@@ -280,7 +273,6 @@ class GateConfig(Section):
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
     site: SiteConfig = Field(default_factory=SiteConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
-    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     liveness: LivenessConfig = Field(default_factory=LivenessConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     detectors: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -290,6 +282,17 @@ class GateConfig(Section):
 
     #: where this config came from, for error messages (not a setting)
     _origin: str = PrivateAttr("defaults")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_sections(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "homeassistant" in data:
+            raise ValueError(
+                "[homeassistant] has moved: discovery_prefix and status_topic to "
+                "[actuators.homeassistant], relock_s to [decision] relock_s, face_off_s to "
+                "[decision] presence_off_s"
+            )
+        return data
 
 
 def describe_errors(error: ValidationError, origin: str, prefix: str = "") -> str:

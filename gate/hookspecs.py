@@ -32,8 +32,11 @@ hookimpl = pluggy.HookimplMarker("gate")
 def register_detectors(register: Callable[[type[Detector]], None]) -> None:
     """Offer face detectors: call ``register(DetectorClass)`` once per class.
 
-    Called once when the plugin manager is built. Every answer is kept; a name
-    that two plugins register is an error, never a silent override.
+    Called when gate first needs its components (the registry is built lazily,
+    and built again after a plugin is registered or unregistered), one plugin
+    at a time so that each component is credited to the plugin that offers it.
+    Every answer is kept; a name that two plugins register is an error, never
+    a silent override. Returns nothing.
     """
 
 
@@ -65,7 +68,8 @@ def register_actuators(register: Callable[[type[Actuator]], None]) -> None:
 def register_commands(cli: click.Group) -> None:
     """Add commands or groups to the ``gate`` command line.
 
-    Called once when the CLI starts, with the top-level click group.
+    Called once when the CLI is made (:func:`gate.cli.make_cli`), with the
+    top-level click group. Returns nothing.
     """
 
 
@@ -73,7 +77,9 @@ def register_commands(cli: click.Group) -> None:
 def access_decided(event: AccessEvent) -> None:
     """Observe every access decision, after it is logged and acted on.
 
-    A broadcast: every implementation is called, each on its own, so an
+    Called once per event (a face decided, an unlock or lock by hand or from
+    home automation, a remote command refused), after the actuators announced
+    it. A broadcast: every implementation is called, each on its own, so an
     exception in one observer is logged and neither stops the others nor
     changes the decision. Return values are ignored. ``event.id`` is the row id
     in the events table.

@@ -24,8 +24,8 @@ class DlibHogDetector(Detector):
     description = "dlib HOG + linear SVM, frontal faces; dlib 5-point landmarks"
     Options = DlibHogOptions
 
-    def __init__(self, options=None, context=None):
-        super().__init__(options, context)
+    def __init__(self, options=None):
+        super().__init__(options)
         import dlib
 
         self._detector = dlib.get_frontal_face_detector()

@@ -26,22 +26,35 @@ from pydantic import Field, SecretStr, model_validator
 
 from gate import hookimpl
 from gate.actions.controller import Verifier
-from gate.actions.signing import KeyStore, KeyStoreError, keys_folder
-from gate.components import Actuator, StrictOptions
-from gate.messaging.homeassistant import discovery_payloads, door_topics, removal_payloads
+from gate.actions.signing import KeyStore, KeyStoreError
+from gate.components import Actuator, ActuatorSetup, StrictOptions
+from gate.messaging.homeassistant import (
+    DISCOVERY_PREFIX,
+    STATUS_TOPIC,
+    discovery_payloads,
+    door_topics,
+    removal_payloads,
+)
 from gate.policy.remote import RemotePolicy, parse_request
 
 logger = logging.getLogger("gate.homeassistant")
 
 
 class HomeAssistantActuator(Actuator):
-    """Publishes through gate's shared MQTT link; see ``[homeassistant]`` in the config."""
+    """Publishes through gate's shared MQTT link; see ``[actuators.homeassistant]``."""
 
     name = "homeassistant"
     description = "Home Assistant MQTT discovery: lock, last person, last decision, face in view"
     delivers = False
 
     class Options(StrictOptions):
+        discovery_prefix: str = Field(
+            DISCOVERY_PREFIX, min_length=1, pattern=r"^[^#+ ]+$",
+            description="Home Assistant's MQTT discovery prefix.",
+        )  # fmt: skip
+        status_topic: str = Field(
+            STATUS_TOPIC, min_length=1, description="Where Home Assistant says it is online."
+        )
         remote_allow: list[str] = Field(
             default_factory=list,
             description="Senders (a command's 'actor') whose remote commands are obeyed.",
@@ -64,17 +77,25 @@ class HomeAssistantActuator(Actuator):
                 data = {**data, "remote_secret": secret}
             return data
 
-    def start(self) -> None:
-        context = self.context
-        self.config = context.config
-        self.link = context.mqtt_link()
-        self.doors = {door.name: door for door in context.doors}
+    one_off = False
+    _worker: threading.Thread | None = None
+
+    def start(self, setup: ActuatorSetup) -> None:
+        """Subscribe to the doors' lock commands and the controllers' states, and announce the
+        doors whenever gate connects; a one-off process only withdraws doors it is told of."""
+        self.config = setup.config
+        self.link = setup.mqtt()
+        self.doors = {door.name: door for door in setup.doors}
+        self.one_off = setup.one_off
+        self.remote = setup.remote
         self._controller_reports: set[str] = set()
         self._timers: dict[str, threading.Timer] = {}
         self._lock = threading.Lock()
         self._lock_states: dict[str, str] = {}  # what the lock shows now, per door
         self._faces: dict[str, str] = {}
         self._own_events: deque[int] = deque(maxlen=1000)  # ids this process announced
+        if self.one_off:  # the running gate shows this process's commands from their events
+            return
         secret = self.options.remote_secret
         self.policy = RemotePolicy(
             self.options.remote_allow,
@@ -87,7 +108,7 @@ class HomeAssistantActuator(Actuator):
                 "remote commands (Home Assistant's lock) are off: set remote_allow or "
                 "remote_secret in [actuators.homeassistant] to allow them"
             )
-        self.keys = KeyStore(keys_folder(self.config, context.db_path))
+        self.keys = KeyStore(setup.keys_dir)
         self._verifiers: dict[str, Verifier] = {}
         self._requests: queue.Queue = queue.Queue(maxsize=100)
         self._dropped = 0
@@ -95,7 +116,7 @@ class HomeAssistantActuator(Actuator):
         self._worker.start()
         for name in self.doors:
             self._subscribe(name)
-        self.link.subscribe(self.config.homeassistant.status_topic, self._on_ha_status)
+        self.link.subscribe(self.options.status_topic, self._on_ha_status)
         self.link.on_connected(self.announce_doors)
 
     def _subscribe(self, door: str) -> None:
@@ -108,7 +129,10 @@ class HomeAssistantActuator(Actuator):
         """Send the doors' discovery messages and their states as they are now (retained)."""
         ask_code = self.policy.secret is not None
         for name in list(self.doors) if names is None else names:
-            for topic, payload in discovery_payloads(self.config, name, ask_code=ask_code).items():
+            payloads = discovery_payloads(
+                self.config, name, prefix=self.options.discovery_prefix, ask_code=ask_code
+            )
+            for topic, payload in payloads.items():
                 self.link.publish(topic, payload, qos=1, retain=True)
             topics = door_topics(self.config, name)
             lock = self._lock_states.setdefault(name, "LOCKED")
@@ -128,10 +152,13 @@ class HomeAssistantActuator(Actuator):
             self._lock_states.pop(name, None)
             self._faces.pop(name, None)
             self.link.door_available(name, None)
-            for topic, payload in removal_payloads(self.config, name).items():
+            removal = removal_payloads(self.config, name, prefix=self.options.discovery_prefix)
+            for topic, payload in removal.items():
                 self.link.publish(topic, payload, qos=1, retain=True)
             logger.info("door %s withdrawn from Home Assistant", name)
         added = sorted(self.doors.keys() - before.keys())
+        if self.one_off:
+            return
         for name in added:
             self._subscribe(name)
         self.announce_doors(added)
@@ -193,20 +220,18 @@ class HomeAssistantActuator(Actuator):
     def _remote(self, door: str, payload: bytes, retained: bool) -> None:
         request = parse_request(door, payload, retained)
         why = self.policy.decide(request)
-        context = self.context
+        if self.remote is None:
+            logger.warning("no run to carry %s for %s", request.action or "a command", door)
+            return
         if why is not None:
             logger.warning(
                 "refused remote %s of %s from %r: %s",
                 request.action or "command", door, request.actor, why,
             )  # fmt: skip
-            if context.remote_refused is not None:
-                context.remote_refused(door, request.action, actor=request.actor, why=why)
-            return
-        if context.remote_command is None:
-            logger.warning("no door loop to carry %s for %s", request.action, door)
+            self.remote.refused(door, request.action, actor=request.actor, why=why)
             return
         reason = "remote" if request.action == "unlock" else "lock"
-        context.remote_command(door, request.action, actor=request.actor, reason=reason)
+        self.remote.command(door, request.action, actor=request.actor, reason=reason)
 
     def _verified_state(self, door: str, message) -> str | None:
         """The state a controller reports, if signed with the door's key; else None (logged)."""
@@ -245,7 +270,7 @@ class HomeAssistantActuator(Actuator):
         """Show the lock's new state, unless the door's controller reports its own."""
         door = command.door
         self._own_events.append(command.event_id)
-        if door not in self.doors or door in self._controller_reports:
+        if self.one_off or door not in self.doors or door in self._controller_reports:
             return False
         if command.action == "lock":
             self._cancel_relock(door)
@@ -285,7 +310,7 @@ class HomeAssistantActuator(Actuator):
     def announce(self, event) -> None:
         if event.id is not None:
             self._own_events.append(event.id)
-        if event.door in self.doors:
+        if not self.one_off and event.door in self.doors:
             self._announce_payload(event.door, event.public())
 
     def _announce_payload(self, door: str, event: dict) -> None:
@@ -299,23 +324,25 @@ class HomeAssistantActuator(Actuator):
         )
 
     def presence(self, door: str, present: bool) -> None:
-        if door in self.doors:
+        if not self.one_off and door in self.doors:
             self._faces[door] = "ON" if present else "OFF"
             face = door_topics(self.config, door)["face"]
             self.link.publish(face, self._faces[door], qos=1, retain=True)
 
     def availability(self, door: str, available: bool, why: str) -> None:
-        if door in self.doors:
+        if not self.one_off and door in self.doors:
             self.link.door_available(door, available)
 
     def close(self) -> None:
         """Stop; a lock shown UNLOCKED by gate's own timer is left LOCKED, as the timer would."""
-        for door, timer in list(getattr(self, "_timers", {}).items()):
+        timers = getattr(self, "_timers", {})
+        for door, timer in list(timers.items()):
             timer.cancel()
             if self._lock_states.get(door) == "UNLOCKED":
                 self._show_lock(door, "LOCKED")
-        worker = getattr(self, "_worker", None)
-        if worker is not None:
+        timers.clear()
+        worker, self._worker = self._worker, None
+        if worker is not None:  # closing twice (after the run, then with the pipeline) is fine
             try:
                 self._requests.put(None, timeout=1.0)
             except queue.Full:

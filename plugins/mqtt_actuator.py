@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-from functools import cached_property
 
 from pydantic import Field
 
 from gate import hookimpl
-from gate.actions.signing import KeyStore, KeyStoreError, keys_folder
-from gate.components import Actuator, StrictOptions
+from gate.actions.signing import KeyStore, KeyStoreError
+from gate.components import Actuator, ActuatorSetup, StrictOptions
 from gate.errors import ComponentError
 
 logger = logging.getLogger("gate.mqtt")
@@ -37,14 +36,15 @@ class MqttActuator(Actuator):
 
     _doors: frozenset[str] = frozenset()  # the run's doors
 
-    def start(self) -> None:
+    def start(self, setup: ActuatorSetup) -> None:
         """Connect; a run (doors given) without its broker stops here unless not ``required``.
 
         A one-off command (the CLI) goes on instead and is logged as not delivered.
         """
-        self.link = self.context.mqtt_link()
-        self._doors = frozenset(door.name for door in self.context.doors)
-        settings = self.context.config.mqtt
+        self.link = setup.mqtt()
+        self.keys = KeyStore(setup.keys_dir)
+        self._doors = frozenset(door.name for door in setup.doors)
+        settings = setup.config.mqtt
         if not settings.required:
             logger.warning(
                 "[mqtt] required = false: gate runs on without its broker, unlocks undelivered"
@@ -55,7 +55,7 @@ class MqttActuator(Actuator):
             f"MQTT broker {self.link.host}:{self.link.port} not reachable "
             f"after {settings.connect_wait_s:g} s"
         )
-        if settings.required and self.context.doors:
+        if settings.required and not setup.one_off:
             raise ComponentError(
                 f"{problem}: no unlock could be delivered, so gate does not start "
                 "([mqtt] required = false runs it anyway)"
@@ -64,11 +64,6 @@ class MqttActuator(Actuator):
             "%s: UNLOCKS CANNOT BE DELIVERED; gate goes on deciding and logging, and retries",
             problem,
         )
-
-    @cached_property
-    def keys(self) -> KeyStore:
-        """The doors' keys: ``keys_dir``, else beside the run's database."""
-        return KeyStore(keys_folder(self.context.config, self.context.db_path))
 
     def send(self, command) -> bool:
         topic = self.link.topic(command.door, "command")

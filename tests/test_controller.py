@@ -16,9 +16,9 @@ import pytest
 
 from gate.actions.controller import Controller, Verifier, load_relay
 from gate.actions.signing import KeyStore, seal
-from gate.components import DoorCommand
+from gate.components import ActuatorSetup, DoorCommand
 from gate.config import parse_config
-from gate.messaging.context import Context
+from gate.messaging.connection import Messaging
 from gate_plugins.mqtt_actuator import MqttActuator
 
 
@@ -77,9 +77,9 @@ def gate_side(tmp_path, mosquitto):
             "actuators": {"mqtt": {"keys_dir": str(tmp_path / "keys")}},
         }
     )
-    context = Context(config)
-    actuator = MqttActuator(MqttActuator.Options(keys_dir=str(tmp_path / "keys")), context)
-    actuator.start()
+    context = Messaging(config, tmp_path / "keys")
+    actuator = MqttActuator(MqttActuator.Options(keys_dir=str(tmp_path / "keys")))
+    actuator.start(ActuatorSetup(config, (), tmp_path / "keys", context.link, one_off=True))
     yield config, actuator, KeyStore(tmp_path / "keys")
     context.close()
 

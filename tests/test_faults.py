@@ -103,7 +103,7 @@ def gate_process():
 def mqtt_site(port: int, **extra) -> str:
     return (
         f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nclient_id = "gate-{port}"\n'
-        "[homeassistant]\nrelock_s = 60\nface_off_s = 30\n"
+        "[decision]\nrelock_s = 60\npresence_off_s = 30\n"
         "[capture]\nreopen_min_s = 0.2\nreopen_max_s = 1.0\n"
         + "".join(f"{line}\n" for line in extra.get("lines", []))
     )
@@ -261,12 +261,12 @@ def test_a_hung_read_is_caught_by_the_frame_age_watchdog_and_the_source_restarte
     assert wait_until(lambda: first.closed, 2)  # closed by its own thread once read returned
 
 
-def ha_site(port: int, **homeassistant):
+def ha_site(port: int, **decision):
     return parse_config(
         {
             "mqtt": {"host": "127.0.0.1", "port": port},
             "pipeline": {"actuators": ["mqtt", "homeassistant"]},
-            "homeassistant": homeassistant,
+            "decision": decision,
             "actuators": {"homeassistant": {"remote_allow": ["home-assistant"]}},
         }
     )
@@ -347,7 +347,7 @@ def test_cli_commands_keep_their_own_client_and_manual_unlocks_show_in_home_assi
         assert result.returncode == 0, result.stderr
         time.sleep(1.0)
         assert [m[0] for m in watch.on("gate/status")] == [b"online"]  # never flapped
-        assert pipeline.context.mqtt_link().connected  # not kicked off the broker
+        assert runner.messaging.link().connected  # not kicked off the broker
         assert retained(mosquitto.port, ["gate/status"], subscribe)["gate/status"] == b"online"
         locks = lambda: [m[0] for m in watch.on("gate/front/lock")]  # noqa: E731
         assert wait_until(lambda: locks()[-2:] == [b"UNLOCKED", b"LOCKED"], 10), locks()
@@ -361,7 +361,7 @@ def test_cli_commands_keep_their_own_client_and_manual_unlocks_show_in_home_assi
 
 
 def test_a_reannouncement_keeps_the_true_lock_and_face_states(tmp_path, pm, mosquitto, subscribe):
-    config = ha_site(mosquitto.port, relock_s=30, face_off_s=20)
+    config = ha_site(mosquitto.port, relock_s=30, presence_off_s=20)
     pipeline = Pipeline(config, pm.registry)
     db = GateDB(tmp_path / "gate.db")
     enroll_samples(db, pipeline)

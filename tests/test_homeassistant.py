@@ -39,9 +39,9 @@ def site_config(port: int, **homeassistant):
         {
             "mqtt": {"host": "127.0.0.1", "port": port, "client_id": f"gate-test-{port}"},
             "pipeline": {"actuators": ["mqtt", "homeassistant"]},
-            "homeassistant": {"relock_s": 0.5, **homeassistant},
+            "decision": {"relock_s": 0.5},
             "actuators": {"homeassistant": {"remote_allow": ["home-assistant"],
-                                            "remote_secret": SECRET}},
+                                            "remote_secret": SECRET, **homeassistant}},
         }
     )  # fmt: skip
 

@@ -28,13 +28,6 @@ HOOKS = {
     if hasattr(fn, "gate_spec")
 }
 
-#: hooks whose docstring does not say yet when they are called: the docstring is to be fixed
-#: in gate/hookspecs.py, then the name taken out of here (the test fails until it is)
-NOT_YET_SAYING_CALLED = {
-    "access_decided": "says 'after it is logged and acted on' but not 'Called ...'",
-}
-
-
 def test_the_hooks_plugins_rely_on_are_all_there():
     """Hooks only grow: none of these may go. The plugin manager knows every one."""
     assert set(HOOKS) >= {
@@ -58,15 +51,7 @@ def _docstring(name: str) -> str:
     return "\n".join([doc, *(inspect.getdoc(HOOKS[other]) or "" for other in referred)])
 
 
-def _when_marks(name: str):
-    if name in NOT_YET_SAYING_CALLED:
-        return [pytest.mark.xfail(reason=NOT_YET_SAYING_CALLED[name], strict=True)]
-    return []
-
-
-@pytest.mark.parametrize(
-    "name", [pytest.param(name, marks=_when_marks(name)) for name in sorted(HOOKS)]
-)
+@pytest.mark.parametrize("name", sorted(HOOKS))
 def test_hook_docstring_says_when_it_is_called(name):
     doc = inspect.getdoc(HOOKS[name])
     assert doc, f"{name} has no docstring"

@@ -20,12 +20,12 @@ import pytest
 
 from gate.actions.controller import Controller
 from gate.actions.signing import KeyStore
-from gate.components import DoorCommand
+from gate.components import ActuatorSetup, DoorCommand
 from gate.config import MqttConfig, parse_config
 from gate.demo import sample_path
 from gate.errors import ConfigError
 from gate.messaging.broker import EMBEDDED_USER, EmbeddedBroker, broker_password, free_port
-from gate.messaging.context import Context
+from gate.messaging.connection import Messaging
 from gate.messaging.mqtt import MqttLink
 from gate_plugins.mqtt_actuator import MqttActuator
 from tests.conftest import USERS, client_tls
@@ -222,10 +222,9 @@ def try_login(port: int, login: tuple[str, str] | None) -> str:
 
 def test_the_embedded_broker_wants_the_generated_password(tmp_path):
     config = parse_config({"mqtt": {"port": free_port()}})
-    context = Context(config)
-    context.db_path = tmp_path / "gate.db"
+    context = Messaging(config, tmp_path / "keys")
     try:
-        link = context.mqtt_link()
+        link = context.link()
         assert link.wait_ready(5), link.problem
         path = tmp_path / "keys" / "embedded-broker.password"
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -236,10 +235,9 @@ def test_the_embedded_broker_wants_the_generated_password(tmp_path):
         assert try_login(port, (EMBEDDED_USER, "guess")) == "Not authorized"
         assert try_login(port, ("admin", password)) == "Not authorized"
         assert try_login(port, (EMBEDDED_USER, password)) == "Success"
-        cli = Context(config, embedded_broker=False)  # how gate's CLI reaches it
-        cli.db_path = tmp_path / "gate.db"
+        cli = Messaging(config, tmp_path / "keys", embedded_broker=False)  # as gate's CLI
         try:
-            assert cli.mqtt_link().wait_ready(5)
+            assert cli.link().wait_ready(5)
         finally:
             cli.close()
     finally:
@@ -322,9 +320,9 @@ def test_an_unlock_given_up_during_a_frozen_broker_never_opens_the_door(
             "actuators": {"mqtt": {"keys_dir": str(tmp_path / "keys")}},
         }
     )  # fmt: skip
-    context = Context(config)
-    actuator = MqttActuator(MqttActuator.Options(keys_dir=str(tmp_path / "keys")), context)
-    actuator.start()
+    context = Messaging(config, tmp_path / "keys")
+    actuator = MqttActuator(MqttActuator.Options(keys_dir=str(tmp_path / "keys")))
+    actuator.start(ActuatorSetup(config, (), tmp_path / "keys", context.link, one_off=True))
     key = KeyStore(tmp_path / "keys").key("front", create=True)
     relay = RecordingRelay()
     door = Controller(config.mqtt, "front", key, relay, relock_s=0.2)

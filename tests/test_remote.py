@@ -37,7 +37,7 @@ class Site:
             {
                 "mqtt": {"host": "127.0.0.1", "port": port, "client_id": f"gate-test-{port}"},
                 "pipeline": {"actuators": ["mqtt", "homeassistant"]},
-                "homeassistant": {"relock_s": 0.5},
+                "decision": {"relock_s": 0.5},
                 "actuators": {"homeassistant": options},
             }
         )
@@ -53,9 +53,7 @@ class Site:
         self.client.loop_start()
 
     def start(self) -> None:
-        self.runner.attach()
-        for actuator in self.pipeline.actuators:
-            actuator.start()
+        self.runner.start_actuators()
         self.wait_announced()
 
     def wait_announced(self, timeout: float = 10.0) -> None:
@@ -89,6 +87,7 @@ class Site:
 
     def close(self) -> None:
         self.client.loop_stop()
+        self.runner.stop_actuators()
         self.pipeline.close()
         self.db.close()
 

@@ -9,10 +9,14 @@ import sys
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import get_args
 
 import click
 
 from gate.cli.base import App, cli, pass_app
+from gate.storage.events import REASONS, Decision
+
+DECISIONS = get_args(Decision)
 
 
 def echo_event(event) -> None:
@@ -35,6 +39,8 @@ def echo_stats(stats, door: str | None = None) -> None:
         f"{label}{stats.frames} frames, {stats.granted} granted, {stats.denied} denied, "
         f"{stats.dropped} dropped; {timing}".rstrip("; ")
     )
+    if stats.reopened:
+        click.echo(f"{label}source reopened {stats.reopened} time(s) after it failed or stalled")
     if stats.error:
         click.echo(f"{label}source: {stats.error}", err=True)
 
@@ -134,15 +140,16 @@ LOG_FIELDS = [
 @click.option("--until", help="Before this time (same forms).")
 @click.option("--person", help="Only this person.")
 @click.option("--door", help="Only this door.")
-@click.option("--decision", type=click.Choice(["granted", "denied", "lock"]), help="Only these.")
+@click.option("--decision", type=click.Choice(DECISIONS), help="Only these.")
+@click.option("--reason", type=click.Choice(sorted(REASONS)), help="Only decided for this reason.")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
 @click.option("--csv", "as_csv", is_flag=True, help="Output CSV.")
 @click.pass_context
-def log_command(ctx, since, until, person, door, decision, limit, as_json, as_csv) -> None:
+def log_command(ctx, since, until, person, door, decision, reason, limit, as_json, as_csv) -> None:
     """Show logged access decisions, newest first; check the log; apply retention."""
     if ctx.invoked_subcommand:
-        if any((since, until, person, door, decision, as_json, as_csv)):
+        if any((since, until, person, door, decision, reason, as_json, as_csv)):
             raise click.UsageError(
                 f"'gate log {ctx.invoked_subcommand}' takes no filter or format: "
                 "give those to 'gate log' alone"
@@ -157,6 +164,7 @@ def log_command(ctx, since, until, person, door, decision, limit, as_json, as_cs
         person=person,
         door=door,
         decision=decision,
+        reason=reason,
         limit=limit,
     )
     rows = [event.public() for event in events]

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import getpass
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import click
 
 from gate.cli.base import App, cli, echo_rows, json_option, pass_app
+
+if TYPE_CHECKING:
+    from gate.components import Action
+    from gate.messaging.connection import Messaging
 
 DOOR_OPTIONS = [
     click.option("--source", help="Camera index, RTSP/HTTP URL, video file or folder."),
@@ -98,15 +105,31 @@ def doors_set(app: App, name: str, **values) -> None:
     click.echo(f"changed door {name}")
 
 
-def _link(app: App):
-    """A short-lived MQTT connection for the CLI (to the running gate's broker if embedded)."""
-    from gate.messaging.context import Context
+@contextmanager
+def one_off_actuators(app: App, names: list[str]) -> Iterator[tuple[list, Messaging]]:
+    """The configured actuators, started for a short-lived process beside a running gate.
 
-    context = Context(app.config, embedded_broker=False, client="cli")
-    context.db_path = app.db.path  # the embedded broker's password lives beside it
-    link = context.mqtt_link()
-    link.wait_connected(max(2.0, app.config.mqtt.ack_timeout_s * 2))
-    return context, link
+    They reach the running gate's broker (its embedded one, if so) under a
+    client id of their own, so gate's own connection is never taken away.
+    """
+    from gate.actions.signing import keys_folder
+    from gate.components import ActuatorSetup
+    from gate.messaging.connection import Messaging
+    from gate.runtime.doors import spec_from_row
+
+    keys = keys_folder(app.config, app.db.path)
+    messaging = Messaging(app.config, keys, embedded_broker=False, client="cli")
+    doors = tuple(spec_from_row(app.db.door(name), app.config) for name in names)
+    setup = ActuatorSetup(app.config, doors, keys, messaging.link, one_off=True)
+    actuators = app.pipeline.actuators
+    try:
+        for actuator in actuators:
+            actuator.start(setup)  # the mqtt actuator waits at most [mqtt] connect_wait_s
+        yield actuators, messaging
+    finally:
+        for actuator in actuators:
+            actuator.close()
+        messaging.close()
 
 
 @doors.command("remove")
@@ -114,46 +137,34 @@ def _link(app: App):
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_app
 def doors_remove(app: App, name: str, yes: bool) -> None:
-    """Remove door NAME and its rules, and withdraw it from Home Assistant."""
-    from gate.messaging.homeassistant import removal_payloads
-
+    """Remove door NAME and its rules, and withdraw it (Home Assistant, MQTT states)."""
     if app.db.door(name) is None:
         raise click.ClickException(f"no door called {name!r}")
     if not yes:
         click.confirm(f"Remove door {name} and its rules?", abort=True)
-    app.db.remove_door(name)
-    click.echo(f"removed door {name}")
-    context, link = _link(app)
-    try:
-        sent = [
-            link.publish(t, p, qos=1, retain=True)
-            for t, p in removal_payloads(app.config, name).items()
-        ]
-        if not all(sent):
+    with one_off_actuators(app, [name]) as (actuators, messaging):
+        app.db.remove_door(name)
+        click.echo(f"removed door {name}")
+        for actuator in actuators:
+            actuator.doors_changed([])
+        if messaging.reached() is False:
             click.echo("MQTT broker not reachable: Home Assistant still lists the door", err=True)
-    finally:
-        context.close()
 
 
-def _door_command(app: App, name: str, action: str, reason: str | None) -> None:
-    from gate.actions.commands import door_command
+def _door_command(app: App, name: str, action: Action, reason: str | None) -> None:
+    """Unlock or lock by hand, through the same path as a face: every configured actuator."""
+    from gate.actions.unlock import DoorActions
 
     if app.db.door(name) is None:
         raise click.ClickException(f"no door called {name!r}")
-    from gate.messaging.context import Context
-
-    context = Context(app.config, embedded_broker=False, client="cli")  # gate's broker, if any
-    context.db_path = app.db.path  # the door keys live beside it
-    try:
-        actuator = app.pm.registry.get("actuator", "mqtt").cls(context=context)
-        actuator.start()  # connects, waiting at most [mqtt] connect_wait_s
-        event = door_command(
-            app.db, [actuator], app.pm.hook, name, action,
-            reason="manual" if action == "unlock" else "lock", actor=getpass.getuser(),
-            note=reason, ttl_s=app.config.decision.unlock_ttl_s,
+    with one_off_actuators(app, [name]) as (actuators, _):
+        event = DoorActions(app.db, actuators, app.pm.hook).command(
+            name, action, reason="manual" if action == "unlock" else "lock",
+            actor=getpass.getuser(), note=reason, ttl_s=app.config.decision.unlock_ttl_s,
         )  # fmt: skip
-    finally:
-        context.close()
+    if event.delivered is None:
+        click.echo(f"{action} {name}: event {event.id}, no actuator delivers commands")
+        sys.exit(1)
     state = "delivered" if event.delivered else "NOT delivered (is the broker up?)"
     click.echo(f"{action} {name}: event {event.id}, {state}")
     if not event.delivered:

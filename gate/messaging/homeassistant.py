@@ -17,6 +17,10 @@ import re
 from gate import __version__
 from gate.config import GateConfig
 
+#: Home Assistant's default discovery prefix and the topic where it says it is online
+DISCOVERY_PREFIX = "homeassistant"
+STATUS_TOPIC = "homeassistant/status"
+
 LOCK_COMMANDS = {"LOCK": "lock", "UNLOCK": "unlock", "OPEN": "unlock"}
 #: what Home Assistant's lock publishes: the button, gate's name for it, the code if one is asked
 COMMAND_TEMPLATE = (
@@ -54,16 +58,18 @@ def availability_topic(config: GateConfig) -> str:
     return f"{config.mqtt.topic_prefix.rstrip('/')}/status"
 
 
-def discovery(config: GateConfig, door: str, *, ask_code: bool = False) -> dict[str, dict]:
+def discovery(
+    config: GateConfig, door: str, *, prefix: str = DISCOVERY_PREFIX, ask_code: bool = False
+) -> dict[str, dict]:
     """Discovery topic -> config payload for each entity of ``door``.
 
-    ``ask_code``: Home Assistant asks for a code (the remote secret) on each
-    lock command.
+    ``prefix`` is Home Assistant's discovery prefix. ``ask_code``: Home
+    Assistant asks for a code (the remote secret) on each lock command.
     """
     node = _slug(config.mqtt.topic_prefix)
     object_id = _slug(door)
     topics = door_topics(config, door)
-    prefix = config.homeassistant.discovery_prefix.rstrip("/")
+    prefix = prefix.rstrip("/")
     common = {
         "availability": [  # both must say online: gate runs, and the door's camera gives frames
             {"topic": topic, "payload_available": "online", "payload_not_available": "offline"}
@@ -138,15 +144,20 @@ def discovery(config: GateConfig, door: str, *, ask_code: bool = False) -> dict[
     )
 
 
-def discovery_payloads(config: GateConfig, door: str, *, ask_code: bool = False) -> dict[str, str]:
+def discovery_payloads(
+    config: GateConfig, door: str, *, prefix: str = DISCOVERY_PREFIX, ask_code: bool = False
+) -> dict[str, str]:
     """The retained messages that announce a door (JSON strings)."""
     return {
         topic: json.dumps(body, sort_keys=True)
-        for topic, body in discovery(config, door, ask_code=ask_code).items()
+        for topic, body in discovery(config, door, prefix=prefix, ask_code=ask_code).items()
     }
 
 
-def removal_payloads(config: GateConfig, door: str) -> dict[str, str]:
+def removal_payloads(
+    config: GateConfig, door: str, *, prefix: str = DISCOVERY_PREFIX
+) -> dict[str, str]:
     """Empty retained messages that make Home Assistant forget a door and clear its states."""
     topics = door_topics(config, door)
-    return dict.fromkeys([*discovery(config, door), *(topics[k] for k in STATE_TOPICS)], "")
+    announced = discovery(config, door, prefix=prefix)
+    return dict.fromkeys([*announced, *(topics[k] for k in STATE_TOPICS)], "")

@@ -11,7 +11,7 @@ every door unless ``[policy] without_rules = "deny"``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, time
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -127,7 +127,6 @@ class Verdict:
 
     allowed: bool
     reason: str
-    detail: dict = field(default_factory=dict)
 
 
 def builtin_policy(request: AccessRequest) -> Verdict:

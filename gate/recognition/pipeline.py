@@ -17,7 +17,6 @@ from gate.config import (
     describe_errors,
 )
 from gate.errors import ComponentError, ConfigError, GateError
-from gate.messaging.context import Context
 from gate.plugins import KINDS, Registry
 from gate.recognition.calibration import (
     Calibration,
@@ -80,11 +79,10 @@ def _options(cls: type[Component], section: dict, origin: str, key: str):
 class Pipeline:
     """Detector, encoder, matcher and actuators, each built on first use."""
 
-    def __init__(self, config: GateConfig, registry: Registry, context: Context | None = None):
+    def __init__(self, config: GateConfig, registry: Registry):
         check_component_sections(config, registry)
         self.config = config
         self.registry = registry
-        self.context = context or Context(config)
         #: the templates given to the matcher last, as it compares them, and their people
         self.templates: tuple[np.ndarray, np.ndarray] | None = None
         self._calibration: Calibration | None = None
@@ -96,7 +94,7 @@ class Pipeline:
         section = getattr(self.config, f"{kind}s").get(name, {})
         options = _options(cls, section, config_origin(self.config), f"{kind}s.{name}")
         try:
-            return cls(options, self.context)
+            return cls(options)
         except GateError:
             raise
         except Exception as exc:
@@ -346,9 +344,8 @@ class Pipeline:
         return out
 
     def close(self) -> None:
-        """Close every component built so far, then the shared services."""
+        """Close every component built so far."""
         for attr in ("actuators", "matcher", "encoder", "detector"):
             built = self.__dict__.get(attr)
             for component in built if isinstance(built, list) else [built] if built else []:
                 component.close()
-        self.context.close()

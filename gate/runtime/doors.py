@@ -49,7 +49,7 @@ def spec_from_row(row: dict, config: GateConfig) -> DoorSpec:
         threshold=row.get("threshold") or config.recognition.threshold,
         min_margin=config.recognition.min_margin if margin is None else margin,
         decision=decision,
-        relock_s=config.homeassistant.relock_s if relock is None else relock,
+        relock_s=decision.relock_s if relock is None else relock,
     )
 
 

@@ -1,11 +1,13 @@
-"""The door loop: capture -> detect -> encode -> match -> decide -> policy -> act -> log.
+"""The door loop, where a frame becomes a decision: capture -> detect -> encode -> match ->
+track -> decide -> liveness -> policy, then out through :class:`gate.actions.unlock.DoorActions`.
 
-Start-up is an explicit sequence: source opened, door recorded, templates
-loaded, capture started; a failing step changes nothing. A confirmed person
-is then put to the access policy (the ``access_policy`` hook); every decision
-is stored before it is acted on, so its id travels with the unlock command,
-and an unlock is only sent before it expires (``unlock_ttl_s`` after the frame
-was captured). Unknown, uncertain, refused or a failing policy never unlock.
+The runner prepares what every door shares (:class:`DoorRuntime`) in its own
+start-up steps; a loop only reads frames. A track the recognition would grant
+is put to the liveness checks (``presentation_attack``) and the access policy
+(``access_policy``); the decision is stored before it is acted on, so its id
+travels with the unlock command, and an unlock is only sent before it expires
+(``unlock_ttl_s`` after the frame was captured). Unknown, uncertain, refused or
+a failing check never unlock.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from gate.components import Actuator, DoorCommand, Encoder
-from gate.plugins import broadcast
+from gate.actions.unlock import DoorActions
+from gate.components import Detector, Encoder
 from gate.policy.access import AccessRequest, Verdict, builtin_policy
 from gate.recognition.images import encode_jpeg, face_region
 from gate.recognition.pipeline import Pipeline
@@ -40,7 +44,7 @@ class RunStats:
 
     frames: int = 0
     dropped: int = 0
-    reopened: int = 0
+    reopened: int = 0  # the source reopened after it failed or stalled
     granted: int = 0
     denied: int = 0
     latencies_ms: list[float] = field(default_factory=list)
@@ -51,62 +55,36 @@ class RunStats:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else None
 
 
-def deliver(actuators: list[Actuator], command: DoorCommand) -> bool | None:
-    """Send a command through every actuator before it expires; None when none delivers."""
-    results = []
-    for actuator in actuators:
-        if command.expired(time.time()):
-            logger.warning(
-                "command for event %s expired before %s", command.event_id, actuator.name
-            )
-            ok = False
-        else:
-            try:
-                ok = bool(actuator.send(command))
-            except Exception:
-                logger.exception("actuator %s failed to send", actuator.name)
-                ok = False
-        if actuator.delivers:
-            results.append(ok)
-    return all(results) if results else None
+@dataclass
+class DoorRuntime:
+    """What every door of a run shares: recognition, the database, the way out, the clock.
 
+    ``encoder`` is the run's shared (batching) encoder; ``on_event`` hears of
+    every event after it is acted on.
+    """
 
-def publish(actuators: list[Actuator], hook, event: AccessEvent) -> None:
-    """Tell every actuator and every ``access_decided`` observer; failures are logged only."""
-    for actuator in actuators:
-        try:
-            actuator.announce(event)
-        except Exception:
-            logger.exception("actuator %s failed to announce event %s", actuator.name, event.id)
-    if hook is not None:
-        broadcast(hook.access_decided, event=event)
+    pipeline: Pipeline
+    db_path: Path
+    hook: Any = None
+    realtime: bool = False
+    encoder: Encoder | None = None
+    on_event: Callable[[AccessEvent], None] | None = None
 
 
 class DoorLoop:
     """Runs one door from its source until the source ends or ``stop`` is set."""
 
-    def __init__(
-        self,
-        pipeline: Pipeline,
-        db: GateDB | None,
-        door: DoorSpec,
-        *,
-        hook=None,
-        realtime: bool = False,
-        on_event: Callable[[AccessEvent], None] | None = None,
-        encoder: Encoder | None = None,
-        detector=None,
-    ):
-        self.pipeline = pipeline
-        self.db = db
+    def __init__(self, runtime: DoorRuntime, door: DoorSpec, detector: Detector | None = None):
+        self.runtime = runtime
+        self.pipeline = runtime.pipeline
         self.door = door
-        self.hook = hook
-        self.realtime = realtime
-        self.on_event = on_event
-        self.config = pipeline.config
-        self.encoder = encoder or pipeline.encoder
-        self.detector = detector or pipeline.detector
+        self.hook = runtime.hook
+        self.config = runtime.pipeline.config
+        self.encoder = runtime.encoder or runtime.pipeline.encoder
+        self.detector = detector or runtime.pipeline.detector
         self.decider = DoorDecider(door.decision, self._judge, crop=self._crop)
+        self.db: GateDB | None = None
+        self.actions: DoorActions | None = None
         self._last_frame: Frame | None = None
         self.stop = threading.Event()
         self.stats = RunStats()
@@ -114,29 +92,31 @@ class DoorLoop:
         self._last_face = float("-inf")
         self._present = False
 
-    def run(self, load_templates: bool = True, source: Source | None = None) -> RunStats:
-        """Start up, process frames until the end, shut down; returns the stats.
+    def run(self, source: Source | None = None) -> RunStats:
+        """Process frames until the source ends or :attr:`stop` is set; returns the stats.
 
         ``source`` is the door's source already opened; without it the door's
         source is opened here and tried again, with backoff, for as long as the
-        loop runs. The door is reported unavailable until frames come.
+        loop runs (a camera that stalls for ``[capture] stall_s`` is reopened).
+        The door is reported unavailable until frames come. The loop has its
+        own database connection (SQLite's are one per thread).
         """
         spec, label = self.door.source or "", f"door {self.door.name}"
         settings, status = self.config.capture, self._set_available
+        realtime = self.runtime.realtime
         if source is None:
-            capture = supervised(
-                spec, settings, realtime=self.realtime, on_status=status, label=label
-            )
+            capture = supervised(spec, settings, realtime=realtime, on_status=status, label=label)
         else:
             capture = Capture(
-                source, settings, self.realtime, opener=lambda: open_source(spec),
+                source, settings, realtime, opener=lambda: open_source(spec),
                 on_status=status, label=label,
             )  # fmt: skip
+        self.db = GateDB(self.runtime.db_path)
+        self.actions = DoorActions(
+            self.db, self.pipeline.actuators, self.hook, on_event=self.runtime.on_event
+        )
         try:
             self._set_available(False, "starting")
-            self.db.ensure_door(self.door.name)
-            if load_templates:
-                self.pipeline.load_templates(self.db)
             self.names = self.db.names()
             logger.info("door %s: %d people enrolled", self.door.name, len(self.names))
             self._process_all(capture.start())
@@ -144,6 +124,7 @@ class DoorLoop:
             capture.stop()
             self._set_presence(False)
             self._set_available(False, "stopped")
+            self.db.close()
         return self.stats
 
     def _set_available(self, available: bool, why: str) -> None:
@@ -233,7 +214,7 @@ class DoorLoop:
         if faces:
             self._last_face = clock
             self._set_presence(True)
-        elif clock - self._last_face >= self.config.homeassistant.face_off_s:
+        elif clock - self._last_face >= self.door.decision.presence_off_s:
             self._set_presence(False)
 
     def _set_presence(self, present: bool) -> None:
@@ -298,28 +279,12 @@ class DoorLoop:
             threshold=outcome.threshold,
             quality=outcome.quality,
         )
-        self.db.add_event(event)
+        passage = None
         if decision == "granted":
             self.stats.granted += 1
-            command = DoorCommand(
-                door=self.door.name,
-                person=event.person,
-                person_id=person_id,
-                distance=event.distance,
-                event_id=event.id,
-                issued_at=time.time(),
-                expires_at=frame.captured_at + self.door.decision.unlock_ttl_s,
-            )
-            event.delivered = deliver(self.pipeline.actuators, command)
-            if event.delivered is not None:
-                self.db.set_delivered(event.id, event.delivered)
             if self.door.area and self.door.direction:
-                self.db.record_passage(
-                    self.door.area, person_id, self.door.direction, event.time, event.id
-                )
+                passage = (self.door.area, self.door.direction)
         else:
             self.stats.denied += 1
-        publish(self.pipeline.actuators, self.hook, event)
-        if self.on_event is not None:
-            self.on_event(event)
-        return event
+        expires_at = frame.captured_at + self.door.decision.unlock_ttl_s
+        return self.actions.decided(event, expires_at=expires_at, passage=passage)

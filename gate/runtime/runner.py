@@ -1,10 +1,13 @@
 """``gate run``: every door at once, one loop (and capture thread) per door.
 
-The doors share the actuators, the matcher and one encoder, whose forward
-passes take the faces of all doors that arrive together. Commands from Home
-Assistant are logged and sent through the same actuators. Faults stay local:
-a site's door whose source fails keeps trying while the others decide, and
-doors added, changed or removed in the database meanwhile are started,
+Start-up is a sequence of named steps, each undone if a later one fails:
+open the sources, load the templates, start the actuators, record the doors
+(the first write), start the doors; then wait, and stop in reverse. The doors share the
+actuators, the matcher and one encoder, whose forward passes take the faces
+of all doors that arrive together. Commands from Home Assistant go through
+the same :class:`gate.actions.unlock.DoorActions` path as a face. Faults stay
+local: a site's door whose source fails keeps trying while the others decide,
+and doors added, changed or removed in the database meanwhile are started,
 restarted or stopped without touching the others.
 """
 
@@ -12,16 +15,20 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from gate.actions.commands import door_command, refuse_remote
+from gate.actions.signing import keys_folder
+from gate.actions.unlock import DoorActions
+from gate.components import Action, ActuatorSetup
 from gate.errors import GateError
+from gate.messaging.connection import Messaging
 from gate.recognition.pipeline import Pipeline
 from gate.runtime.batching import SharedEncoder
-from gate.runtime.capture import open_source
+from gate.runtime.capture import Source, open_source
 from gate.runtime.doors import DoorSpec, spec_from_row
-from gate.runtime.loop import DoorLoop, RunStats
+from gate.runtime.loop import DoorLoop, DoorRuntime, RunStats
 from gate.storage.database import GateDB
 from gate.storage.events import AccessEvent
 from gate.storage.retention import keep_purging
@@ -37,7 +44,8 @@ class Runner:
     ``--source``): a source that cannot open keeps being tried instead of
     stopping the run, and doors added, changed, disabled or removed meanwhile
     take effect within ``reload_s`` (of the doors in ``only``, when given).
-    Otherwise every source must open at start.
+    Otherwise every source must open at start. ``messaging`` is the run's MQTT
+    connection (made here when not given, and closed with the run).
     """
 
     def __init__(
@@ -52,13 +60,16 @@ class Runner:
         reload_s: float = 2.0,
         site: bool = False,
         only: tuple[str, ...] = (),
+        messaging: Messaging | None = None,
     ):
         self.pipeline = pipeline
-        self.db_path = db_path
+        self.db_path = Path(db_path)
         self.doors = list(doors)
         self.hook = hook
-        self.realtime = realtime
         self.on_event = on_event
+        self.keys_dir = keys_folder(pipeline.config, self.db_path)
+        self.messaging = messaging or Messaging(pipeline.config, self.keys_dir)
+        self.runtime = DoorRuntime(pipeline, self.db_path, hook, realtime, on_event=self._echo)
         self.loops: list[DoorLoop] = []
         self.reload_s = reload_s
         self.site = site
@@ -69,47 +80,98 @@ class Runner:
         self._running: dict[str, tuple[DoorLoop, threading.Thread]] = {}
         self._detectors: list = []  # of doors stopped: OpenCV's are one per thread
         self._stopping = threading.Event()
-        self._shared: SharedEncoder | None = None
+        self._watching = threading.Event()
 
     def _echo(self, event: AccessEvent) -> None:
         if self.on_event is not None:
             with self._event_lock:
                 self.on_event(event)
 
-    def remote_command(self, door: str, action: str, *, actor: str, reason: str) -> AccessEvent:
-        """Carry a command from outside (Home Assistant) to a door, logged."""
+    # -- commands from outside (RemoteCommands) ------------------------------------------
+
+    def command(self, door: str, action: Action, *, actor: str, reason: str) -> AccessEvent:
+        """Carry a command from outside (Home Assistant) to a door, through the one path."""
         with self._doors_lock:
             spec = next(d for d in self.doors if d.name == door)
-        db = GateDB(self.db_path)
-        try:
-            event = door_command(
-                db, self.pipeline.actuators, self.hook, door, action,
-                reason=reason, actor=actor, ttl_s=spec.decision.unlock_ttl_s,
-            )  # fmt: skip
-        finally:
-            db.close()
-        self._echo(event)
-        return event
-
-    def remote_refused(self, door: str, action: str | None, *, actor: str, why: str) -> AccessEvent:
-        """Log a command from outside that was refused, with who asked and why."""
-        db = GateDB(self.db_path)
-        try:
-            event = refuse_remote(
-                db, self.pipeline.actuators, self.hook, door, action, actor=actor, why=why
+        with self._actions() as actions:
+            return actions.command(
+                door, action, reason=reason, actor=actor, ttl_s=spec.decision.unlock_ttl_s
             )
-        finally:
-            db.close()
-        self._echo(event)
-        return event
 
-    def attach(self) -> None:
-        """Give the actuators' shared context this run's doors, database and remote commands."""
-        context = self.pipeline.context
-        context.doors = self.doors
-        context.db_path = self.db_path
-        context.remote_command = self.remote_command
-        context.remote_refused = self.remote_refused
+    def refused(self, door: str, action: str | None, *, actor: str, why: str) -> AccessEvent:
+        """Log a command from outside that was refused, with who asked and why."""
+        with self._actions() as actions:
+            return actions.refused(door, action, actor=actor, why=why)
+
+    def _actions(self):
+        return DoorActions.opened(
+            self.db_path, self.pipeline.actuators, self.hook, on_event=self._echo
+        )
+
+    # -- start-up steps ---------------------------------------------------------------
+
+    def open_sources(self) -> dict[str, Source]:
+        """Step 1: a run of sources named on the command line needs every one to open."""
+        sources: dict[str, Source] = {}
+        if self.site:  # the site's doors keep trying their sources while gate runs
+            return sources
+        for door in self.doors:
+            try:
+                sources[door.name] = open_source(door.source or "")
+            except GateError as exc:
+                for source in sources.values():
+                    source.close()
+                raise GateError(f"door {door.name}: {exc}") from None
+        return sources
+
+    def load_templates(self) -> None:
+        """Step 2: the enrolled people's templates, into the matcher and the calibration."""
+        with self._db() as db:
+            self.pipeline.load_templates(db)
+
+    def record_doors(self) -> None:
+        """Step 4: every door of the run has its row (a door given with ``--source``)."""
+        with self._db() as db:
+            for door in self.doors:
+                db.ensure_door(door.name)
+
+    def start_actuators(self) -> None:
+        """Step 3: connect the actuators, giving them the doors, MQTT, the keys, remote commands."""
+        setup = ActuatorSetup(
+            config=self.pipeline.config,
+            doors=tuple(self.doors),
+            keys_dir=self.keys_dir,
+            mqtt=self.messaging.link,
+            remote=self,
+        )
+        for actuator in self.pipeline.actuators:
+            actuator.start(setup)
+
+    def start_watchers(self) -> None:
+        """Step 5: follow enrolments, door changes (a site) and retention while the run lasts."""
+        threading.Thread(target=self._watch_roster, name="gate-roster", daemon=True).start()
+        keep_purging(self.db_path, self.pipeline.config.retention, self._watching)
+        if self.site:
+            rows = self._door_rows()
+            threading.Thread(
+                target=self._watch_doors, args=(rows,), name="gate-doors", daemon=True
+            ).start()
+
+    def start_doors(self, sources: dict[str, Source]) -> None:
+        """Step 6: one loop per door, in a thread of its own."""
+        with self._doors_lock:
+            for door in self.doors:
+                if not self._stopping.is_set():
+                    self._start_door(door, sources.pop(door.name, None))
+
+    def wait(self) -> None:
+        """Until every door's source ends, or :meth:`stop`."""
+        while not self._stopping.is_set():
+            with self._doors_lock:
+                alive = [t for _, t in self._running.values() if t.is_alive()]
+            if not alive:
+                break
+            alive[0].join(timeout=0.2)
 
     def stop(self) -> None:
         """End the run: every door finishes its open tracks and stops (SIGTERM, a test)."""
@@ -118,6 +180,25 @@ class Runner:
             for loop, _ in self._running.values():
                 loop.stop.set()
 
+    def stop_doors(self) -> None:
+        """Stop every door and the watchers, and wait for the doors' threads."""
+        self.stop()
+        self._watching.set()
+        with self._doors_lock:
+            threads = [t for _, t in self._running.values()]
+        for thread in threads:
+            thread.join(timeout=10)
+        self.runtime.encoder.close()
+
+    def stop_actuators(self) -> None:
+        """Close the actuators (a lock shown open is shown locked), then the MQTT connection."""
+        for actuator in self.pipeline.actuators:
+            try:
+                actuator.close()
+            except Exception:
+                logger.exception("actuator %s failed to close", actuator.name)
+        self.messaging.close()
+
     def running(self) -> list[DoorLoop]:
         """The loops of the doors running now."""
         with self._doors_lock:
@@ -125,64 +206,35 @@ class Runner:
 
     def run(self) -> dict[str, RunStats]:
         """Run until every door's source ends, :meth:`stop` or Ctrl-C; stats per door."""
-        self.attach()
-        sources = {}
-        rows = self._door_rows() if self.site else {}  # changes from now on take effect
-        try:  # start-up in order: sources, templates, actuators; a failure changes nothing
-            if not self.site:  # one source named on the command line: it must open
-                for door in self.doors:
-                    try:
-                        sources[door.name] = open_source(door.source or "")
-                    except GateError as exc:
-                        raise GateError(f"door {door.name}: {exc}") from None
-            setup = GateDB(self.db_path)
-            try:
-                self.pipeline.load_templates(setup)
-            finally:
-                setup.close()
-            for actuator in self.pipeline.actuators:
-                actuator.start()
+        sources = self.open_sources()
+        try:
+            self.load_templates()
+            self.start_actuators()
+            self.record_doors()  # the first write: nothing is written when a step before fails
         except BaseException:
             for source in sources.values():
                 source.close()
+            self.stop_actuators()
             raise
-        self._shared = SharedEncoder(self.pipeline.encoder, parties=len(self.doors))
-        watching = threading.Event()
-        threading.Thread(
-            target=self._watch_roster, args=(watching,), name="gate-roster", daemon=True
-        ).start()
-        keep_purging(self.db_path, self.pipeline.config.retention, watching)  # stops with it
-        if self.site:
-            threading.Thread(
-                target=self._watch_doors, args=(watching, rows), name="gate-doors", daemon=True
-            ).start()
+        self.runtime.encoder = SharedEncoder(self.pipeline.encoder, parties=len(self.doors))
         try:
-            with self._doors_lock:
-                for door in self.doors:
-                    if not self._stopping.is_set():
-                        self._start_door(door, sources.pop(door.name, None))
-            while not self._stopping.is_set():
-                with self._doors_lock:
-                    alive = [t for _, t in self._running.values() if t.is_alive()]
-                if not alive:
-                    break
-                alive[0].join(timeout=0.2)
+            self.start_watchers()
+            self.start_doors(sources)
+            self.wait()
         except KeyboardInterrupt:
             self.stop()
             raise
         finally:
-            self.stop()
-            watching.set()
-            with self._doors_lock:
-                threads = [t for _, t in self._running.values()]
-            for thread in threads:
-                thread.join(timeout=10)
+            self.stop_doors()
             for source in sources.values():
                 source.close()
-            self._shared.close()
+            self.stop_actuators()
         if self.errors and len(self.errors) == len({loop.door.name for loop in self.loops}):
             raise GateError("; ".join(f"door {d}: {e}" for d, e in self.errors.items()))
         return {loop.door.name: loop.stats for loop in self.loops}
+
+    def _db(self):
+        return _opened(self.db_path)
 
     def _start_door(self, door: DoorSpec, source=None, stats: RunStats | None = None) -> None:
         """Start ``door``'s loop in a thread of its own (holding ``_doors_lock``)."""
@@ -192,11 +244,8 @@ class Runner:
             detector = self.pipeline.detector
         else:  # each thread its own detector: OpenCV's are not thread-safe
             detector = self.pipeline.build("detector", self.pipeline.config.pipeline.detector)
-        self._shared.set_parties(len(self._running) + 1)
-        loop = DoorLoop(
-            self.pipeline, None, door, hook=self.hook, realtime=self.realtime,
-            on_event=self._echo, encoder=self._shared, detector=detector,
-        )  # fmt: skip
+        self.runtime.encoder.set_parties(len(self._running) + 1)
+        loop = DoorLoop(self.runtime, door, detector)
         if stats is not None:
             loop.stats = stats  # a door restarted goes on counting
         self.loops.append(loop)
@@ -219,16 +268,14 @@ class Runner:
         return loop.stats
 
     def _door_rows(self, db: GateDB | None = None) -> dict[str, dict]:
-        own = db is None
-        db = db or GateDB(self.db_path)
-        try:
-            return {row["name"]: row for row in db.doors()}
-        finally:
-            if own:
-                db.close()
+        if db is None:
+            with self._db() as own:
+                return self._door_rows(own)
+        return {row["name"]: row for row in db.doors()}
 
-    def _watch_doors(self, stop: threading.Event, seen: dict[str, dict]) -> None:
+    def _watch_doors(self, seen: dict[str, dict]) -> None:
         """Start, restart or stop doors as their rows in the database change."""
+        stop = self._watching
         db = GateDB(self.db_path)
         try:
             while not stop.wait(self.reload_s):
@@ -275,8 +322,9 @@ class Runner:
             except Exception:
                 logger.exception("actuator %s failed on a change of doors", actuator.name)
 
-    def _watch_roster(self, stop: threading.Event) -> None:
+    def _watch_roster(self) -> None:
         """Reload templates and names when someone is enrolled, removed or renamed meanwhile."""
+        stop = self._watching
         db = GateDB(self.db_path)
         try:
             space = self.pipeline.encoder.space
@@ -296,15 +344,20 @@ class Runner:
         finally:
             db.close()
 
-    def _run_loop(self, loop: DoorLoop, source) -> None:
-        db = GateDB(self.db_path)
-        loop.db = db
+    def _run_loop(self, loop: DoorLoop, source: Source | None) -> None:
         try:
-            loop.run(load_templates=False, source=source)
+            loop.run(source)
         except GateError as exc:
             self.errors[loop.door.name] = str(exc)
         except Exception as exc:
             self.errors[loop.door.name] = f"{type(exc).__name__}: {exc}"
             logger.exception("door %s stopped", loop.door.name)
-        finally:
-            db.close()
+
+
+@contextmanager
+def _opened(path: Path) -> Iterator[GateDB]:
+    db = GateDB(path)
+    try:
+        yield db
+    finally:
+        db.close()

@@ -624,10 +624,12 @@ class GateDB:
         person: str | None = None,
         door: str | None = None,
         decision: str | None = None,
+        reason: str | None = None,
         limit: int | None = None,
         snapshots: bool = False,
     ) -> list[AccessEvent]:
-        """Logged events, newest first, filtered by time (ISO UTC), person, door, decision."""
+        """Logged events, newest first, filtered by time (ISO UTC), person, door, decision,
+        reason."""
         where, params = [], []
         for clause, value in (
             ("time >= ?", since),
@@ -635,6 +637,7 @@ class GateDB:
             ("person = ?", person),
             ("door = ?", door),
             ("decision = ?", decision),
+            ("reason = ?", reason),
         ):
             if value is not None:
                 where.append(clause)

@@ -6,9 +6,10 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-Decision = Literal["granted", "denied"]
+#: ``lock`` is a lock ordered by hand or from home automation: no face decided it.
+Decision = Literal["granted", "denied", "lock"]
 
-#: Why a decision went the way it did.
+#: Why a decision went the way it did (``gate log --reason`` filters by them).
 REASONS = {
     "granted": "an enrolled person was confirmed and may pass",
     "unknown": "the face matches nobody enrolled",
@@ -26,6 +27,7 @@ REASONS = {
     "manual": "unlocked by hand from the command line",
     "remote": "unlocked from home automation",
     "lock": "locked by hand or from home automation",
+    "remote_refused": "a command from home automation was refused (sender, secret or rate)",
 }
 
 

@@ -1,10 +1,9 @@
-"""What components share at run time: the config and the MQTT link (with its broker)."""
+"""gate's MQTT connection: one link per process, and the embedded broker when none is set."""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 from gate.config import GateConfig
@@ -14,33 +13,34 @@ from gate.messaging.mqtt import MqttLink
 logger = logging.getLogger("gate")
 
 
-class Context:
-    """Shared services, created on first use and closed together.
+class Messaging:
+    """The MQTT link (and embedded broker), made on first use and closed together.
 
-    ``doors`` are the doors of the current run; ``remote_command(door, action,
-    actor=..., reason=...)`` carries a command that came from outside (Home
-    Assistant) through the run, ``remote_refused(door, action, actor=...,
-    why=...)`` logs one that was refused. ``db_path`` is the run's database
-    (the door keys live beside it). ``embedded_broker`` False connects to
-    127.0.0.1 instead of starting a broker when none is configured (the CLI
-    talking to a running gate). ``client`` names a short-lived client beside a
-    running gate (``"cli"``): it connects as ``<client_id>-<client>-<pid>``, so
-    the broker never takes gate's own connection away, and never speaks for
-    gate's availability.
+    ``keys_dir`` is where the embedded broker's password is kept (beside the
+    doors' keys). ``embedded_broker`` False connects to 127.0.0.1 instead of
+    starting a broker when none is configured (the CLI talking to a running
+    gate). ``client`` names a short-lived client beside a running gate
+    (``"cli"``): it connects as ``<client_id>-<client>-<pid>``, so the broker
+    never takes gate's own connection away, and never speaks for gate's
+    availability.
     """
 
-    def __init__(self, config: GateConfig, embedded_broker: bool = True, client: str | None = None):
+    def __init__(
+        self,
+        config: GateConfig,
+        keys_dir: Path,
+        *,
+        embedded_broker: bool = True,
+        client: str | None = None,
+    ):
         self.config = config
+        self.keys_dir = keys_dir
         self.embedded_broker = embedded_broker
         self.client = client
-        self.doors: list = []
-        self.db_path: Path | None = None
-        self.remote_command: Callable[..., object] | None = None
-        self.remote_refused: Callable[..., object] | None = None
         self._link: MqttLink | None = None
         self._broker = None
 
-    def mqtt_link(self) -> MqttLink:
+    def link(self) -> MqttLink:
         """The MQTT link, connecting in the background; starts the embedded broker if needed.
 
         The embedded broker's password is kept in the key folder (see
@@ -50,11 +50,10 @@ class Context:
             mqtt = self.config.mqtt
             host, credentials = mqtt.host, None
             if host is None:
-                from gate.actions.signing import keys_folder
                 from gate.messaging.broker import EMBEDDED_USER, EmbeddedBroker, broker_password
 
                 host = "127.0.0.1"
-                folder = keys_folder(self.config, self.db_path)
+                folder = self.keys_dir
                 password = broker_password(folder, create=self.embedded_broker)
                 if password is None:
                     logger.warning(
@@ -80,6 +79,10 @@ class Context:
             )  # fmt: skip
             self._link.start()
         return self._link
+
+    def reached(self) -> bool | None:
+        """Whether the link is connected now; None when no component asked for it."""
+        return None if self._link is None else self._link.connected
 
     def close(self) -> None:
         """Disconnect MQTT (saying ``offline``) and stop the embedded broker."""
