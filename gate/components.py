@@ -230,9 +230,7 @@ class Matcher(Component):
 class RemoteCommands(Protocol):
     """How an actuator hands on a door command that came from outside (Home Assistant)."""
 
-    def command(
-        self, door: str, action: Action, *, actor: str, reason: str
-    ) -> AccessEvent | None:
+    def command(self, door: str, action: Action, *, actor: str, reason: str) -> AccessEvent | None:
         """Carry out ``action`` at ``door`` through gate's one path (logged, signed, sent)."""
 
     def refused(self, door: str, action: str | None, *, actor: str, why: str) -> AccessEvent:

@@ -27,7 +27,7 @@ def test_builtins_supply_the_default_components(pm):
     registry = pm.registry
     assert registry.names("detector") == ["dlib-hog", "yunet"]
     assert registry.names("encoder") == ["dlib", "dlib-torch"]
-    assert registry.names("matcher") == ["nearest"]
+    assert registry.names("matcher") == ["faiss", "nearest"]
     assert registry.names("actuator") == ["homeassistant", "log", "mqtt"]
     assert registry.get("detector", "yunet").plugin == "gate_plugins.yunet"
     assert set(BUILTIN_PLUGINS) <= set(pm.infos)
@@ -295,6 +295,8 @@ def test_entry_point_plugins_load_and_broken_ones_are_reported(tmp_path, monkeyp
     assert rows["gate_buzzer"]["source"] == "gate_buzzer"
     assert rows["gate_broken"]["error"].startswith("ImportError")
     assert rows["gate_plugins.yunet"]["components"] == ["detector yunet (v2023mar)"]
+    assert rows["gate_plugins.yunet"]["hooks"] == ["register_detectors"]
+    assert rows["gate_plugins.rules"]["hooks"] == ["access_policy"]
     sys.modules.pop("gate_buzzer", None)
 
 
@@ -308,8 +310,14 @@ def test_plugins_can_add_commands(pm):
             def hello():
                 click.echo("hello from a plugin")
 
+    from gate.cli import cli, make_cli
+
     pm.register_plugin(Commands(), "commands", "0", "test")
-    group = click.Group("gate")
-    pm.hook.register_commands(cli=group)
-    result = CliRunner().invoke(group, ["hello-plugin"])
-    assert result.output == "hello from a plugin\n"
+    try:
+        group = make_cli(pm)
+        result = CliRunner().invoke(group, ["hello-plugin"])
+        assert result.output == "hello from a plugin\n"
+        assert "hello-plugin" not in cli.commands  # the base group is not changed
+        assert {"run", "people", "doors", "train"} <= set(group.commands)
+    finally:
+        pm.unregister(name="commands")

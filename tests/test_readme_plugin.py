@@ -50,3 +50,41 @@ def test_the_example_actuator_receives_the_unlocks(pm, tmp_path, capsys):
         db.close()
     finally:
         pm.unregister(name="buzzer-example")
+
+
+def test_a_third_party_actuator_receives_a_manual_unlock(pm, tmp_path):
+    """``gate doors unlock`` goes the way a face does: through every configured actuator."""
+    from click.testing import CliRunner
+
+    from gate.cli import make_cli
+
+    spec = importlib.util.spec_from_file_location("buzzer_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pm.register_plugin(module, "buzzer-example", "0", "test")
+    try:
+        config = tmp_path / "gate.toml"
+        config.write_text('[pipeline]\nactuators = ["buzzer", "log"]\n')
+        db_path = tmp_path / "gate.db"
+        gate = make_cli(pm)
+        args = ["--config", str(config), "--db", str(db_path)]
+        runner = CliRunner()
+        added = runner.invoke(gate, [*args, "doors", "add", "side", "--source", "0"])
+        assert added.exit_code == 0, added.output
+        result = runner.invoke(gate, [*args, "doors", "unlock", "side", "--reason", "parcel"])
+        assert result.exit_code == 0, result.output
+        assert "buzz: unlock side for None" in result.output
+        assert "unlock side: event 1, delivered" in result.output
+        db = GateDB(db_path)
+        (event,) = db.events()
+        db.close()
+        assert (event.decision, event.reason, event.note, event.delivered) == (
+            "granted",
+            "manual",
+            "parcel",
+            True,
+        )
+        locked = runner.invoke(gate, [*args, "doors", "lock", "side"])
+        assert locked.exit_code == 0 and "buzz: lock side for None" in locked.output
+    finally:
+        pm.unregister(name="buzzer-example")

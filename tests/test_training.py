@@ -507,17 +507,13 @@ def test_triplet_mining_choices_match_the_loss():
 
 def _cli_group():
     """``gate`` with the training plugin's commands, built on a fresh plugin manager."""
-    from gate.cli import cli
-    from gate.cli.base import GateGroup
+    from gate.cli import make_cli
     from gate.plugins import make_plugin_manager
     from gate_plugins import training
 
     pm = make_plugin_manager(entry_points=False)
     assert pm.is_registered(training)  # a built-in
-    commands = dict(cli.commands)
-    group = GateGroup(name="gate", params=cli.params, callback=cli.callback, commands=commands)
-    pm.hook.register_commands(cli=group)
-    return group
+    return make_cli(pm)
 
 
 def test_gate_train_then_gate_eval_with_the_variant(site, tmp_path):

@@ -13,11 +13,17 @@ from gate.errors import GateError
 
 
 class App:
-    """What commands share: config, plugins, database and pipeline, each made on first use."""
+    """What commands share: config, plugins, database and pipeline, each made on first use.
 
-    def __init__(self, config_path: str | None, db_path: str | None):
+    ``pm`` is the plugin manager the CLI was made with (:func:`gate.cli.make_cli`); without
+    one, the process-wide manager.
+    """
+
+    def __init__(self, config_path: str | None, db_path: str | None, pm=None):
         self.config_path = config_path
         self.db_path = db_path
+        if pm is not None:
+            self.__dict__["pm"] = pm
 
     @cached_property
     def config(self):
@@ -51,7 +57,12 @@ class App:
 
 
 class GateGroup(click.Group):
-    """Turns gate's own errors into one-line messages instead of tracebacks."""
+    """Turns gate's own errors into one-line messages instead of tracebacks.
+
+    ``pm`` is the plugin manager its commands use (set by :func:`gate.cli.make_cli`).
+    """
+
+    pm = None
 
     def invoke(self, ctx: click.Context):
         try:
@@ -108,7 +119,7 @@ def cli(ctx: click.Context, config_path: str | None, db_path: str | None, verbos
     """
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    app = App(config_path, db_path)
+    app = App(config_path, db_path, pm=getattr(ctx.command, "pm", None))
     ctx.obj = app
     ctx.call_on_close(app.close)
     _ = app.config  # a broken config is reported by every command, not only those reading it

@@ -1,4 +1,4 @@
-"""``gate plugins``: what is loaded, from where, supplying what."""
+"""``gate plugins``: what is loaded, from where, supplying what, through which hooks."""
 
 from __future__ import annotations
 
@@ -13,18 +13,21 @@ from gate.cli.base import App, cli, json_option, pass_app
 @json_option
 @pass_app
 def plugins(app: App, as_json: bool) -> None:
-    """List the loaded plugins, what each supplies and its version."""
+    """List the loaded plugins: version, origin, the hooks each implements and what it supplies."""
     pm = app.pm
     supplied: dict[str, list[str]] = {}
+    about: dict[str, str] = {}
     for kind, registered in pm.registry:
-        supplied.setdefault(registered.plugin, []).append(
-            f"{kind} {registered.cls.name} (v{registered.cls.version})"
-        )
+        cls = registered.cls
+        label = f"{kind} {cls.name} (v{cls.version})"
+        supplied.setdefault(registered.plugin, []).append(label)
+        about[label] = cls.description
     rows = [
         {
             "name": info.name,
             "version": info.version,
             "source": info.source,
+            "hooks": hooks_of(pm, info.name),
             "components": supplied.get(info.name, []),
             "error": info.error,
         }
@@ -37,5 +40,15 @@ def plugins(app: App, as_json: bool) -> None:
         click.echo(f"{row['name']} {row['version']} ({row['source']})")
         if row["error"]:
             click.echo(f"    failed to load: {row['error']}")
+        if row["hooks"]:
+            click.echo(f"    hooks: {', '.join(row['hooks'])}")
         for item in row["components"]:
-            click.echo(f"    {item}")
+            click.echo(f"    {item}: {about[item]}" if about[item] else f"    {item}")
+
+
+def hooks_of(pm, name: str) -> list[str]:
+    """The hooks the plugin registered as ``name`` implements, sorted."""
+    plugin = pm.get_plugin(name)
+    if plugin is None:
+        return []
+    return sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])

@@ -16,35 +16,65 @@ if TYPE_CHECKING:
     from gate.components import Action
     from gate.messaging.connection import Messaging
 
-DOOR_OPTIONS = [
-    click.option("--source", help="Camera index, RTSP/HTTP URL, video file or folder."),
-    click.option("--direction", type=click.Choice(["in", "out", "none"]), help="For turnstiles."),
-    click.option("--area", help="Anti-passback area the door leads into or out of."),
-    click.option("--threshold", type=click.FloatRange(0, 4, min_open=True), help="Match distance."),
-    click.option("--min-margin", type=click.FloatRange(0, 4), help="Margin to the runner-up."),
-    click.option("--confirm-frames", type=click.IntRange(1, 100), help="N of N-of-M."),
-    click.option("--window-frames", type=click.IntRange(1, 100), help="M of N-of-M."),
-    click.option("--cooldown", "cooldown_s", type=click.FloatRange(0, 3600), help="Seconds."),
-    click.option("--relock", "relock_s", type=click.FloatRange(0, 3600, min_open=True)),
-    click.option("--enable/--disable", "enabled", default=None, help="Run it with gate run."),
-]
+#: option names that differ from the setting's: ``cooldown_s`` is ``--cooldown``
+_FLAGS = {"cooldown_s": "--cooldown", "relock_s": "--relock"}
 
 
 def door_options(fn):
-    for option in reversed(DOOR_OPTIONS):
+    """One option per :class:`gate.runtime.doors.DoorSettings` field, helped by its description;
+    the model validates what they give (``gate doors add/set``)."""
+    from gate.runtime.doors import DoorSettings
+
+    for name, field in reversed(DoorSettings.model_fields.items()):
+        flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
+        if name == "enabled":
+            option = click.option(
+                "--enable/--disable", "enabled", default=None, help=field.description
+            )
+        elif name == "direction":
+            choice = click.Choice(["in", "out", "none"])
+            option = click.option(flag, name, type=choice, help=f"{field.description} none: clear.")
+        else:
+            kind = {"int": int, "float": float}.get(_base_type(field.annotation), str)
+            option = click.option(flag, name, type=kind, help=field.description)
         fn = option(fn)
     return fn
 
 
+def _base_type(annotation) -> str:
+    """``float`` for ``float | None`` (and the like)."""
+    import typing
+
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    return getattr(args[0], "__name__", "str")
+
+
 def _settings(values: dict) -> dict:
+    """The options given, checked by the door settings model; ``--direction none`` clears."""
+    from pydantic import ValidationError
+
+    from gate.runtime.doors import DoorSettings
+
     settings = {k: v for k, v in values.items() if v is not None}
-    if "source" in settings and not settings["source"].strip():
-        raise click.ClickException("--source is empty: give a camera index, URL, file or folder")
-    if settings.get("direction") == "none":
-        settings["direction"] = None
-    if "enabled" in settings:
-        settings["enabled"] = int(settings["enabled"])
-    return settings
+    clear = settings.get("direction") == "none"
+    if clear:
+        del settings["direction"]
+    try:
+        checked = DoorSettings.model_validate(settings)
+    except ValidationError as exc:
+        item = exc.errors()[0]
+        key = str(item["loc"][0])
+        flag = _FLAGS.get(key, "--" + key.replace("_", "-"))
+        message = item["msg"].removeprefix("Value error, ")
+        if message.startswith("is "):  # a sentence of gate's own
+            raise click.ClickException(f"{flag} {message}") from None
+        raise click.ClickException(f"{flag}: {message} (got {item['input']!r})") from None
+    out = checked.model_dump(include=set(settings))
+    if "enabled" in out:
+        out["enabled"] = int(out["enabled"])
+    if clear:
+        out["direction"] = None
+    return out
 
 
 def _check(app: App, name: str) -> None:

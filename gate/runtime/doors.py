@@ -3,15 +3,62 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gate.config import DecisionConfig, GateConfig
 from gate.errors import ConfigError, StoreError
 from gate.policy.access import DoorInfo
 from gate.storage.database import GateDB, check_name
 
-DIRECTIONS = ("in", "out")
 #: door columns that override a ``[decision]`` setting of the same name
-DECISION_KEYS = ("confirm_frames", "window_frames", "cooldown_s")
+DECISION_KEYS = ("confirm_frames", "window_frames", "cooldown_s", "relock_s")
+
+
+class DoorSettings(BaseModel):
+    """A door's own settings, as ``gate doors add/set`` take them and the ``doors`` table
+    holds them; None leaves the config's default in force."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str | None = Field(
+        None, description="Camera index, RTSP/HTTP URL, video file or folder."
+    )
+    direction: Literal["in", "out"] | None = Field(None, description="For turnstiles.")
+    area: str | None = Field(
+        None, min_length=1, description="Anti-passback area the door leads into or out of."
+    )
+    threshold: float | None = Field(
+        None, gt=0, le=4, description="Match distance (instead of the stated stranger risk)."
+    )
+    min_margin: float | None = Field(None, ge=0, le=4, description="Margin to the runner-up.")
+    confirm_frames: int | None = Field(None, ge=1, le=100, description="Good views to decide.")
+    window_frames: int | None = Field(None, ge=1, le=100, description="Views fused at most.")
+    cooldown_s: float | None = Field(None, ge=0, le=3600, description="Seconds between grants.")
+    relock_s: float | None = Field(None, gt=0, le=3600, description="Seconds it stays unlocked.")
+    enabled: bool = Field(True, description="Run it with gate run.")
+
+    @field_validator("source")
+    @classmethod
+    def _source_given(cls, source: str | None) -> str | None:
+        if source is not None and not source.strip():
+            raise ValueError("is empty: give a camera index, URL, file or folder")
+        return source
+
+    @classmethod
+    def of_row(cls, row: dict) -> DoorSettings:
+        """The settings of a ``doors`` row; a bad value is an error naming the door."""
+        try:
+            return cls.model_validate({k: row[k] for k in cls.model_fields if k in row})
+        except ValidationError as exc:
+            raise ConfigError(f"door {row['name']!r}: {_first_error(exc)}") from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    item = exc.errors()[0]
+    key = ".".join(str(part) for part in item["loc"])
+    return f"{key}: {item['msg']} (got {item.get('input')!r})"
 
 
 @dataclass(frozen=True)
@@ -34,22 +81,22 @@ class DoorSpec:
 
 def spec_from_row(row: dict, config: GateConfig) -> DoorSpec:
     """Combine a ``doors`` row with the config's defaults (and check the mix)."""
-    overrides = {k: row[k] for k in DECISION_KEYS if row.get(k) is not None}
+    own = DoorSettings.of_row(row)
+    overrides = {k: getattr(own, k) for k in DECISION_KEYS if getattr(own, k) is not None}
     try:
         decision = DecisionConfig.model_validate(config.decision.model_dump() | overrides)
     except ValueError as exc:
         raise ConfigError(f"door {row['name']!r}: {exc}") from None
-    margin = row.get("min_margin")
-    relock = row.get("relock_s")
+    margin = own.min_margin
     return DoorSpec(
         name=row["name"],
-        source=row.get("source"),
-        direction=row.get("direction"),
-        area=row.get("area"),
-        threshold=row.get("threshold") or config.recognition.threshold,
+        source=own.source,
+        direction=own.direction,
+        area=own.area,
+        threshold=own.threshold or config.recognition.threshold,
         min_margin=config.recognition.min_margin if margin is None else margin,
         decision=decision,
-        relock_s=decision.relock_s if relock is None else relock,
+        relock_s=decision.relock_s,
     )
 
 

@@ -304,13 +304,6 @@ class GateDB:
         ).fetchone()
         return (*templates, *people)
 
-    def template_spaces(self) -> dict[str, int]:
-        """How many templates each embedding space holds."""
-        return {
-            row["space"]: row["n"]
-            for row in self.db.query("select space, count(*) as n from templates group by space")
-        }
-
     def set_person(self, name: str, **changes: Any) -> None:
         """Change ``enabled``, ``valid_from`` or ``valid_until`` (ISO times; None clears)."""
         person = self._existing(name)
