@@ -28,6 +28,7 @@ HOOKS = {
     if hasattr(fn, "gate_spec")
 }
 
+
 def test_the_hooks_plugins_rely_on_are_all_there():
     """Hooks only grow: none of these may go. The plugin manager knows every one."""
     assert set(HOOKS) >= {
