@@ -261,6 +261,59 @@ class LivenessConfig(Section):
     )
 
 
+def _host_node() -> str:
+    """This machine's host name, as a fleet node name may be spelt."""
+    import re
+    import socket
+
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname().split(".")[0])[:64]
+    return name if re.fullmatch(NODE_PATTERN, name) and name != "fleet" else "gate"
+
+
+#: a fleet node's name: it is a topic level and the node's MQTT user name
+NODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class FleetConfig(Section):
+    """A fleet of gates on one broker (docs/fleet.md): one authority, any number of edges."""
+
+    role: Literal["none", "authority", "edge"] = Field(
+        "none",
+        description="authority: where people, groups, rules and doors are managed and the "
+        "log is collected; edge: follows the authority and forwards its log.",
+    )
+    node: str = Field(
+        default_factory=_host_node,
+        pattern=NODE_PATTERN,
+        description="This node's name in the fleet (default: the host name).",
+    )
+    authority_key: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="Edges: the authority's public key (gate fleet init prints it).",
+    )
+    topic_prefix: str = Field(
+        "gate", min_length=1, pattern=r"^[^#+]+$", description="Fleet topics: <prefix>/fleet/..."
+    )
+    share_face_crops: bool = Field(
+        False, description="Send face crops with the templates (default: embeddings only)."
+    )
+    heartbeat_s: float = Field(
+        10.0, gt=0, le=3600, description="Edges: how often they say where they are."
+    )
+    resend_s: float = Field(
+        5.0, gt=0, le=3600, description="Edges: an event not acknowledged in this is sent again."
+    )
+
+    @model_validator(mode="after")
+    def _edges_know_the_authority(self) -> FleetConfig:
+        if self.role == "edge" and self.authority_key is None:
+            raise ValueError("an edge needs authority_key (gate fleet init on the authority)")
+        if self.node == "fleet":
+            raise ValueError("node 'fleet' would clash with the fleet's topics: choose another")
+        return self
+
+
 class GateConfig(Section):
     """The whole configuration."""
 
@@ -275,6 +328,7 @@ class GateConfig(Section):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     liveness: LivenessConfig = Field(default_factory=LivenessConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
     detectors: dict[str, dict[str, Any]] = Field(default_factory=dict)
     encoders: dict[str, dict[str, Any]] = Field(default_factory=dict)
     matchers: dict[str, dict[str, Any]] = Field(default_factory=dict)

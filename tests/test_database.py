@@ -103,6 +103,9 @@ SCHEMA = {
             "prev_hash": "TEXT",
             "hash": "TEXT",
             "delivered_seal": "TEXT",
+            "uuid": "TEXT",
+            "node": "TEXT",
+            "acked_at": "TEXT",
         },
         "primary_key": ("id",),
         "indexes": {
@@ -110,6 +113,8 @@ SCHEMA = {
             "idx_events_door_time": "(door, time)",
             "idx_events_person_id_time": "(person_id, time)",
             "idx_events_decision_time": "(decision, time)",
+            "idx_events_uuid": "UNIQUE (uuid)",
+            "idx_events_outbox": "(id) WHERE ...",
         },
         "foreign_keys": {},  # the log outlives the people and doors it names
     },
@@ -160,6 +165,41 @@ SCHEMA = {
             "event_id": "INTEGER",
         },
         "primary_key": ("area", "person_id"),
+        "indexes": {},
+        "foreign_keys": {},
+    },
+    "fleet_objects": {
+        "columns": {
+            "kind": "TEXT",
+            "key": "TEXT",
+            "version": "INTEGER NOT NULL",
+            "digest": "TEXT",
+            "payload": "BLOB",
+        },
+        "primary_key": ("kind", "key"),
+        "indexes": {"idx_fleet_objects_version": "(version)"},
+        "foreign_keys": {},
+    },
+    "fleet_dirty": {
+        "columns": {"kind": "TEXT", "key": "TEXT"},
+        "primary_key": ("kind", "key"),
+        "indexes": {},
+        "foreign_keys": {},
+    },
+    "fleet_state": {
+        "columns": {"name": "TEXT", "value": "TEXT"},
+        "primary_key": ("name",),
+        "indexes": {},
+        "foreign_keys": {},
+    },
+    "fleet_refusals": {
+        "columns": {
+            "id": "INTEGER",
+            "time": "TEXT NOT NULL",
+            "topic": "TEXT NOT NULL",
+            "reason": "TEXT NOT NULL",
+        },
+        "primary_key": ("id",),
         "indexes": {},
         "foreign_keys": {},
     },
@@ -237,7 +277,8 @@ def test_migrations_apply_once_and_reopen_cleanly(tmp_path):
     again = GateDB(tmp_path / "g.db")
     applied = list(again.db.query("select name from _sqlite_migrations"))
     assert applied == [
-        {"name": n} for n in ("m001_initial", "m002_sites", "m003_open_set", "m004_log_chain")
+        {"name": n}
+        for n in ("m001_initial", "m002_sites", "m003_open_set", "m004_log_chain", "m006_fleet")
     ]
     assert [p["name"] for p in again.people()] == ["ada"]
 

@@ -19,13 +19,15 @@ from gate.storage.events import REASONS, Decision
 DECISIONS = get_args(Decision)
 
 
-def echo_event(event) -> None:
-    """One line per decision, for a person watching ``gate run``."""
+def echo_event(event, node: str | None = None) -> None:
+    """One line per decision, for a person watching ``gate run`` (``gate log``: with the fleet
+    node that logged it, when given)."""
     who = event.person or event.actor or "-"
     distance = "-" if event.distance is None else f"{event.distance:.3f}"
     delivered = {True: "delivered", False: "NOT delivered", None: ""}[event.delivered]
+    where = "" if node is None else f"{node:<12} "
     click.echo(
-        f"{event.time}  {event.door:<10} {event.decision:<7} {event.reason:<13} "
+        f"{event.time}  {where}{event.door:<10} {event.decision:<7} {event.reason:<13} "
         f"{who:<20} distance {distance}  {delivered}".rstrip()
     )
 
@@ -130,7 +132,7 @@ def parse_when(text: str | None) -> str | None:
 
 
 LOG_FIELDS = [
-    "id", "time", "door", "decision", "reason", "person", "person_id",
+    "id", "time", "node", "door", "decision", "reason", "person", "person_id",
     "distance", "margin", "latency_ms", "delivered", "actor", "note",
 ]  # fmt: skip
 
@@ -140,16 +142,23 @@ LOG_FIELDS = [
 @click.option("--until", help="Before this time (same forms).")
 @click.option("--person", help="Only this person.")
 @click.option("--door", help="Only this door.")
+@click.option("--node", help="Only those logged by this node of the fleet (docs/fleet.md).")
 @click.option("--decision", type=click.Choice(DECISIONS), help="Only these.")
 @click.option("--reason", type=click.Choice(sorted(REASONS)), help="Only decided for this reason.")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
 @click.option("--csv", "as_csv", is_flag=True, help="Output CSV.")
 @click.pass_context
-def log_command(ctx, since, until, person, door, decision, reason, limit, as_json, as_csv) -> None:
-    """Show logged access decisions, newest first; check the log; apply retention."""
+def log_command(
+    ctx, since, until, person, door, node, decision, reason, limit, as_json, as_csv
+) -> None:
+    """Show logged access decisions, newest first; check the log; apply retention.
+
+    In a fleet, the authority's log holds every node's events, each with the
+    node that logged it.
+    """
     if ctx.invoked_subcommand:
-        if any((since, until, person, door, decision, reason, as_json, as_csv)):
+        if any((since, until, person, door, node, decision, reason, as_json, as_csv)):
             raise click.UsageError(
                 f"'gate log {ctx.invoked_subcommand}' takes no filter or format: "
                 "give those to 'gate log' alone"
@@ -158,16 +167,20 @@ def log_command(ctx, since, until, person, door, decision, reason, limit, as_jso
     app: App = ctx.find_object(App)
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
+    fleet = app.config.fleet
+    own = fleet.node if fleet.role != "none" else None  # this node's events have no node
     events = app.db.events(
         since=parse_when(since),
         until=parse_when(until),
         person=person,
         door=door,
+        node=None if node is None else "" if node == own else node,
         decision=decision,
         reason=reason,
         limit=limit,
     )
-    rows = [event.public() for event in events]
+    nodes = {i: n or own for i, n in app.db.event_nodes(e.id for e in events).items()}
+    rows = [event.public() | {"node": nodes.get(event.id)} for event in events]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     elif as_csv:
@@ -177,8 +190,9 @@ def log_command(ctx, since, until, person, door, decision, reason, limit, as_jso
     else:
         if not events:
             click.echo("no events")
+        shown = fleet.role == "authority" or any(nodes.values())
         for event in events:
-            echo_event(event)
+            echo_event(event, (nodes.get(event.id) or "-") if shown else None)
 
 
 @log_command.command("verify")

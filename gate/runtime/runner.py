@@ -2,9 +2,10 @@
 
 Start-up is a sequence of named steps, each undone if a later one fails:
 open the sources, load the templates, start the actuators, record the doors
-(the first write), start the doors; then wait, and stop in reverse. The doors share the
-actuators, the matcher and one encoder, whose forward passes take the faces
-of all doors that arrive together. Commands from Home Assistant go through
+(the first write), follow the fleet's authority (an edge), start the doors;
+then wait, and stop in reverse. The doors share the actuators, the matcher
+and one encoder, whose forward passes take the faces of all doors that arrive
+together. Commands from Home Assistant go through
 the same :class:`gate.actions.unlock.DoorActions` path as a face. Faults stay
 local: a site's door whose source fails keeps trying while the others decide,
 and doors added, changed or removed in the database meanwhile are started,
@@ -81,6 +82,7 @@ class Runner:
         self._detectors: list = []  # of doors stopped: OpenCV's are one per thread
         self._stopping = threading.Event()
         self._watching = threading.Event()
+        self.fleet = None  # the fleet's edge, when [fleet] role = "edge"
 
     def _echo(self, event: AccessEvent) -> None:
         if self.on_event is not None:
@@ -157,6 +159,18 @@ class Runner:
                 target=self._watch_doors, args=(rows,), name="gate-doors", daemon=True
             ).start()
 
+    def start_fleet(self) -> None:
+        """Step 5b: an edge of a fleet follows the authority and forwards its log meanwhile."""
+        if self.pipeline.config.fleet.role == "edge":
+            from gate.fleet.edge import start_edge
+
+            self.fleet = start_edge(self.pipeline.config, self.db_path, self.messaging)
+
+    def stop_fleet(self) -> None:
+        if self.fleet is not None:
+            self.fleet.stop()
+            self.fleet = None
+
     def start_doors(self, sources: dict[str, Source]) -> None:
         """Step 6: one loop per door, in a thread of its own."""
         with self._doors_lock:
@@ -219,6 +233,7 @@ class Runner:
         self.runtime.encoder = SharedEncoder(self.pipeline.encoder, parties=len(self.doors))
         try:
             self.start_watchers()
+            self.start_fleet()
             self.start_doors(sources)
             self.wait()
         except KeyboardInterrupt:
@@ -228,6 +243,7 @@ class Runner:
             self.stop_doors()
             for source in sources.values():
                 source.close()
+            self.stop_fleet()
             self.stop_actuators()
         if self.errors and len(self.errors) == len({loop.door.name for loop in self.loops}):
             raise GateError("; ".join(f"door {d}: {e}" for d, e in self.errors.items()))

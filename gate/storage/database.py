@@ -7,11 +7,12 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import numpy as np
 from sqlite_utils import Database
@@ -140,6 +141,10 @@ class GateDB:
             raise
         else:
             self.db.commit()
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """One write transaction, locked from its start, for the fleet's replication."""
+        return self._write()
 
     # people -----------------------------------------------------------------
 
@@ -495,7 +500,31 @@ class GateDB:
     # events --------------------------------------------------------------------
 
     def add_event(self, event: AccessEvent) -> int:
-        """Store a decision, chained to the one before it; sets and returns ``event.id``."""
+        """Store a decision, chained to the one before it; sets and returns ``event.id``.
+
+        The event gets a new UUID, which names it across a fleet (``gate.fleet``).
+        """
+        row = self._event_row(event)
+        with self._write():
+            return self._append_event(event, {**row, "uuid": str(uuid4())})
+
+    def collect_events(self, node: str, events: Iterable[tuple[str, AccessEvent]]) -> int:
+        """Store events another node of the fleet logged, as ``(uuid, event)``, chained like
+        our own and marked with ``node``; a UUID already stored is skipped. Returns how
+        many were new."""
+        added = 0
+        with self._write():
+            for event_uuid, event in events:
+                known = self.db.execute("select 1 from events where uuid = ?", [event_uuid])
+                if known.fetchone() is None:
+                    row = self._event_row(event)
+                    self._append_event(event, {**row, "uuid": event_uuid, "node": node})
+                    added += 1
+        return added
+
+    @staticmethod
+    def _event_row(event: AccessEvent) -> dict[str, Any]:
+        """An event as the ``events`` table stores it, before it is chained."""
         row = {k: v for k, v in event.__dict__.items() if k != "id"}
         for key, kind in logchain.COVERED.items():
             if key in row:
@@ -507,21 +536,24 @@ class GateDB:
             row["person_digest"] = logchain.name_digest(row["person_salt"], row["person"])
         if row["snapshot"] is not None:
             row["snapshot_sha256"] = logchain.sha256_hex(row["snapshot"])
-        with self._write():
-            head_id, prev = logchain.mark("head", self.db)
-            newest = self.db.execute("select coalesce(max(id), 0) from events").fetchone()[0]
-            row["id"] = event.id = max(head_id, newest) + 1  # never an id used before a purge
-            row["prev_hash"], row["hash"] = prev, logchain.link(prev, row)
-            row["delivered_seal"] = logchain.delivered_seal(row["hash"], row["delivered"])
-            names = list(row)
-            self.db.execute(
-                f"insert into events ({', '.join(names)}) values ({', '.join('?' * len(names))})",
-                [row[k] for k in names],
-            )
-            self.db.execute(
-                "update log_chain set event_id = ?, hash = ? where name = 'head'",
-                [event.id, row["hash"]],
-            )
+        return row
+
+    def _append_event(self, event: AccessEvent, row: dict[str, Any]) -> int:
+        """Insert ``row`` after the chain's head (inside a write transaction); its new id."""
+        head_id, prev = logchain.mark("head", self.db)
+        newest = self.db.execute("select coalesce(max(id), 0) from events").fetchone()[0]
+        row["id"] = event.id = max(head_id, newest) + 1  # never an id used before a purge
+        row["prev_hash"], row["hash"] = prev, logchain.link(prev, row)
+        row["delivered_seal"] = logchain.delivered_seal(row["hash"], row["delivered"])
+        names = list(row)
+        self.db.execute(
+            f"insert into events ({', '.join(names)}) values ({', '.join('?' * len(names))})",
+            [row[k] for k in names],
+        )
+        self.db.execute(
+            "update log_chain set event_id = ?, hash = ? where name = 'head'",
+            [event.id, row["hash"]],
+        )
         return event.id
 
     def set_delivered(self, event_id: int, delivered: bool) -> None:
@@ -618,11 +650,12 @@ class GateDB:
         door: str | None = None,
         decision: str | None = None,
         reason: str | None = None,
+        node: str | None = None,
         limit: int | None = None,
         snapshots: bool = False,
     ) -> list[AccessEvent]:
         """Logged events, newest first, filtered by time (ISO UTC), person, door, decision,
-        reason."""
+        reason, and the fleet node that logged them (``""``: this one)."""
         where, params = [], []
         for clause, value in (
             ("time >= ?", since),
@@ -631,6 +664,7 @@ class GateDB:
             ("door = ?", door),
             ("decision = ?", decision),
             ("reason = ?", reason),
+            ("coalesce(node, '') = ?", node),
         ):
             if value is not None:
                 where.append(clause)
@@ -650,3 +684,50 @@ class GateDB:
                 row["delivered"] = bool(row["delivered"])
             out.append(AccessEvent(**row))
         return out
+
+    def event_nodes(self, ids: Iterable[int]) -> dict[int, str | None]:
+        """The fleet node that logged each event (None: this one)."""
+        ids = list(ids)
+        if not ids:
+            return {}
+        marks = ", ".join("?" * len(ids))
+        return dict(self.db.execute(f"select id, node from events where id in ({marks})", ids))
+
+    # the fleet's outbox (gate.fleet) ---------------------------------------------------
+
+    def outbox(self, settled_before: str, limit: int = 200) -> list[tuple[str, AccessEvent]]:
+        """This node's events not yet acknowledged by the fleet's collector, oldest first, as
+        ``(uuid, event)``, without snapshots: those whose unlock is settled (delivered or
+        not, or logged before ``settled_before``, ISO UTC)."""
+        names = [f.name for f in fields(AccessEvent) if f.name != "snapshot"]
+        rows = self.db.execute(
+            f"select uuid, {', '.join(names)} from events where node is null "
+            "and acked_at is null and uuid is not null "
+            "and (delivered is not null or decision = 'denied' or time < ?) order by id limit ?",
+            [settled_before, limit],
+        )
+        out = []
+        for values in rows.fetchall():
+            row = dict(zip(names, values[1:], strict=True))
+            if row["delivered"] is not None:
+                row["delivered"] = bool(row["delivered"])
+            out.append((values[0], AccessEvent(**row)))
+        return out
+
+    def outbox_size(self) -> int:
+        """How many of this node's events the collector has not acknowledged yet."""
+        return self.db.execute(
+            "select count(*) from events where node is null and acked_at is null "
+            "and uuid is not null"
+        ).fetchone()[0]
+
+    def acknowledge(self, uuids: Iterable[str]) -> int:
+        """Mark events as stored by the collector; returns how many were waiting."""
+        now, done = utc_iso(time.time()), 0
+        with self._write():
+            for event_uuid in uuids:
+                done += self.db.execute(
+                    "update events set acked_at = ? where uuid = ? and acked_at is null",
+                    [now, event_uuid],
+                ).rowcount
+        return done

@@ -130,3 +130,58 @@ def m004_log_chain(db: Database) -> None:
     last = db.execute("select coalesce(max(id), 0) from events").fetchone()[0]
     for name in ("head", "anchor"):
         db["log_chain"].insert({"name": name, "event_id": last, "hash": "0" * 64, "purged": 0})
+
+
+#: a random UUID (version 4) in SQL, for the events logged before they had one
+_UUID4_SQL = (
+    "lower(hex(randomblob(4)) || '-' || hex(randomblob(2)) || '-4' || "
+    "substr(hex(randomblob(2)), 2) || '-' || substr('89ab', 1 + abs(random()) % 4, 1) || "
+    "substr(hex(randomblob(2)), 2) || '-' || hex(randomblob(6)))"
+)
+
+#: what a change to each table marks for the fleet: the object's kind and its key
+_FLEET_OBJECTS = {
+    "people": ("person", "id"),
+    "templates": ("person", "person_id"),
+    "memberships": ("person", "person_id"),
+    "groups": ("group", "id"),
+    "rules": ("rule", "id"),
+    "doors": ("door", "name"),
+}
+
+
+@migrations()
+def m006_fleet(db: Database) -> None:
+    """A fleet of gates (gate.fleet): events get a UUID, the node that logged them and an
+    acknowledgement; replicated objects' versions; triggers that mark changed objects;
+    refused fleet messages."""
+    for column in ("uuid", "node", "acked_at"):
+        db["events"].add_column(column, str)
+    db.execute(f"update events set uuid = {_UUID4_SQL}")
+    db["events"].create_index(["uuid"], unique=True)
+    db.execute(
+        "create index idx_events_outbox on events (id) where node is null and acked_at is null"
+    )
+    db["fleet_objects"].create(
+        {"kind": str, "key": str, "version": int, "digest": str, "payload": bytes},
+        pk=("kind", "key"),
+        not_null={"version"},
+    )
+    db["fleet_objects"].create_index(["version"])
+    db["fleet_dirty"].create({"kind": str, "key": str}, pk=("kind", "key"))
+    db["fleet_state"].create({"name": str, "value": str}, pk="name")
+    db["fleet_refusals"].create(
+        {"id": int, "time": str, "topic": str, "reason": str},
+        pk="id",
+        not_null={"time", "topic", "reason"},
+    )
+    for table, (kind, key) in _FLEET_OBJECTS.items():
+        for change, rows in (("insert", ["new"]), ("update", ["old", "new"]), ("delete", ["old"])):
+            marks = " ".join(  # no conflict to resolve: an UPSERT's own policy would win
+                f"insert into fleet_dirty (kind, key) select '{kind}', {row}.{key} where not "
+                f"exists (select 1 from fleet_dirty where kind = '{kind}' and key = {row}.{key});"
+                for row in rows
+            )
+            db.execute(
+                f"create trigger fleet_{table}_{change} after {change} on {table} begin {marks} end"
+            )
