@@ -123,24 +123,19 @@ def deliver(edge: Edge, db: GateDB, messages) -> None:
     edge.step(db)
 
 
-def test_a_signed_message_opens_only_with_the_authoritys_key_and_unchanged(tmp_path):
+def test_a_signed_message_opens_only_with_the_authoritys_key_and_unchanged():
     signer = Signer(os.urandom(32).hex())
     sealed = signer.seal({"type": "head", "version": 3, "digest": "d", "objects": 1})
-    assert Verifier(signer.public).open(sealed, "head")["version"] == 3
-    other = Signer(os.urandom(32).hex())
-    cases = {
-        "bad signature": Verifier(other.public).open,
-        "a 'head' message where a 'object' belongs": lambda p, _: Verifier(signer.public).open(
-            p, "object"
-        ),
-    }
-    for why, check in cases.items():
-        with pytest.raises(Refused, match=why):
-            check(sealed, "head")
+    mine = Verifier(signer.public)
+    assert mine.open(sealed, "head")["version"] == 3
+    with pytest.raises(Refused, match="bad signature: not signed by the authority's key"):
+        Verifier(Signer(os.urandom(32).hex()).public).open(sealed, "head")
+    with pytest.raises(Refused, match="a 'head' message where a 'object' belongs"):
+        mine.open(sealed, "object")
     tampered = sealed.replace(b'"version":3', b'"version":9')
     for payload in (tampered, b'{"type":"head","version":9}', sealed[:-3] + b'"}'):
         with pytest.raises(Refused):
-            Verifier(signer.public).open(payload, "head")
+            mine.open(payload, "head")
 
 
 def test_each_change_gets_the_next_version_and_a_removal_a_signed_tombstone(served):
@@ -248,6 +243,40 @@ def test_the_collector_stores_each_event_once_in_its_chained_log(tmp_path):
     assert collector.verify_log().ok
     edge.close()
     collector.close()
+
+
+@pytest.mark.parametrize(
+    ("config", "args", "expected"),
+    [
+        ("", ["fleet", "init"], 'set [fleet] role = "authority"'),
+        ('[fleet]\nrole = "authority"\n', ["fleet", "serve"], "needs a broker every node"),
+        ('[fleet]\nrole = "authority"\n', ["fleet", "sync"], "this command is for the edge"),
+        ("", ["fleet", "status"], 'in no fleet ([fleet] role = "none")'),
+    ],
+)
+def test_fleet_commands_refuse_the_wrong_role_or_no_shared_broker(tmp_path, config, args, expected):
+    from click.testing import CliRunner
+
+    from gate.cli import cli
+
+    (tmp_path / "gate.toml").write_text(config)
+    result = CliRunner().invoke(
+        cli, ["--config", str(tmp_path / "gate.toml"), "--db", str(tmp_path / "g.db"), *args]
+    )
+    assert result.exit_code == 1 and expected in result.output, result.output
+
+
+def test_a_node_needs_a_usable_name_and_an_edge_the_authoritys_key():
+    from gate.errors import ConfigError
+
+    for fleet, expected in (
+        ({"role": "edge"}, "an edge needs authority_key"),
+        ({"node": "fleet"}, "would clash with the fleet's topics"),
+        ({"node": "a/b"}, "fleet.node: String should match pattern"),
+        ({"authority_key": "00ff"}, "fleet.authority_key: String should match pattern"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            parse_config({"fleet": fleet})
 
 
 # the fleet, as processes on a real broker ---------------------------------------------

@@ -249,10 +249,13 @@ class Edge:
         if self._behind_since is None:
             self._behind_since = now
         elif now - self._behind_since > self._resync_s:
-            logger.info(
-                "fleet: behind the head (version %d): asking for every object again",
-                self.head["version"],
-            )
+            held = replica.fingerprint(db.db)[1]
+            logger.warning(
+                "fleet: behind the head (version %d, %d objects; %d here): asking for every "
+                "object again%s", self.head["version"], self.head["objects"], held,
+                "; if this repeats, the broker may drop retained messages beyond its queue "
+                "(mosquitto: max_queued_messages)" if held < self.head["objects"] else "",
+            )  # fmt: skip
             self._subscribe_objects()
             self._behind_since = now
             self._resync_s = min(self._resync_s * 2, RESYNC_MAX_S)
