@@ -116,7 +116,7 @@ def people_list(app: App, as_json: bool) -> None:
         app.pipeline.load_templates(app.db)
         names = app.db.names()
         alike: dict[str, list[str]] = {}
-        for p, q, d in app.pipeline.look_alikes():
+        for p, q, d in app.pipeline.look_alikes(app.db):
             alike.setdefault(names[p], []).append(f"{names[q]} ({d:.2f})")
             alike.setdefault(names[q], []).append(f"{names[p]} ({d:.2f})")
         for row in rows:

@@ -86,7 +86,7 @@ def calibrate(app: App, as_json: bool) -> None:
     names = app.db.names()
     alike = [
         {"person": names[p], "other": names[q], "distance": round(d, 4)}
-        for p, q, d in app.pipeline.look_alikes()
+        for p, q, d in app.pipeline.look_alikes(app.db)
     ]
     r = app.config.recognition
     data = {

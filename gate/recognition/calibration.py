@@ -142,6 +142,10 @@ def normalise(embeddings: np.ndarray, radius: float | None) -> np.ndarray:
     return (x * (radius / np.maximum(norms, 1e-12))).astype(np.float32)
 
 
+#: up to this many points, neighbours are found exactly (in blocks); beyond, by a graph search
+EXACT_NEIGHBOURS_UP_TO = 20_000
+
+
 def pairwise(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """Euclidean distances between the rows of ``a`` and of ``b`` (``a`` itself by default)."""
     a = np.asarray(a, np.float64)
@@ -222,7 +226,13 @@ class Calibration:
         ]
 
 
-def site_distances(embeddings: np.ndarray, person_ids: np.ndarray, limit: int = 2000) -> np.ndarray:
+#: templates of the site compared with each other to refine the calibration (a sample beyond)
+SITE_SAMPLE = 2000
+
+
+def site_distances(
+    embeddings: np.ndarray, person_ids: np.ndarray, limit: int = SITE_SAMPLE
+) -> np.ndarray:
     """Distances between templates of different enrolled people (a sample for big sites)."""
     n = len(embeddings)
     if n < 2:
@@ -258,15 +268,23 @@ def calibrate(
     *,
     override: float | None = None,
     fallback: float = 0.6,
+    counts: np.ndarray | None = None,
 ) -> Calibration:
     """Thresholds for the gallery ``embeddings``/``person_ids`` at ``risk`` per stranger.
 
     With ``override`` every condition gets that distance (and the estimate of
     what it lets in). Without a model for the encoder's space, the encoder's
-    own ``fallback`` distance is used and no risk can be stated.
+    own ``fallback`` distance is used and no risk can be stated. ``counts``
+    (templates per person) are given when the embeddings are only a sample of
+    the gallery.
     """
     ids = np.asarray(person_ids)
-    _, ks = np.unique(ids, return_counts=True) if len(ids) else (None, np.zeros(0, np.int64))
+    if counts is not None:
+        ks = np.asarray(counts, np.int64)
+    elif len(ids):
+        ks = np.unique(ids, return_counts=True)[1]
+    else:
+        ks = np.zeros(0, np.int64)
     people, templates = len(ks), len(ids)
     if model is None:
         t = override if override is not None else fallback
@@ -296,6 +314,58 @@ def calibrate(
     )
 
 
+def nearest_others(
+    points: np.ndarray, k: int = 1, exact_up_to: int = EXACT_NEIGHBOURS_UP_TO
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``k`` nearest other rows: distances and indices, both ``(P, k)``.
+
+    Exact, a block of rows at a time (memory stays bounded), up to
+    ``exact_up_to`` rows; beyond, a graph search (faiss HNSW), which may miss a
+    neighbour now and then. Rows with fewer than ``k`` others get ``inf``/-1.
+    """
+    x = np.ascontiguousarray(points, np.float32)
+    n = len(x)
+    dist = np.full((n, k), np.inf)
+    index = np.full((n, k), -1, np.int64)
+    if n < 2:
+        return dist, index
+    if n > exact_up_to:
+        import faiss  # a large site only: the matcher's dependency
+
+        graph = faiss.IndexHNSWFlat(x.shape[1], 32)
+        graph.hnsw.efConstruction = 80
+        graph.add(x)
+        graph.hnsw.efSearch = max(64, 4 * k)
+        found_d, found_i = graph.search(x, k + 1)
+        for row in range(n):
+            keep = [(d, j) for d, j in zip(found_d[row], found_i[row], strict=True) if j != row]
+            for col, (d, j) in enumerate(keep[:k]):
+                dist[row, col], index[row, col] = np.sqrt(max(float(d), 0.0)), j
+        return dist, index
+    squares = (x * x).sum(1)
+    take = min(k, n - 1)
+    block = max(1, (1 << 24) // n)
+    for start in range(0, n, block):
+        part = x[start : start + block]
+        d2 = squares[start : start + len(part), None] + squares[None, :] - 2.0 * (part @ x.T)
+        d2[np.arange(len(part)), np.arange(start, start + len(part))] = np.inf
+        order = np.argpartition(d2, take - 1, axis=1)[:, :take]
+        nearest = np.take_along_axis(d2, order, axis=1)
+        ranked = np.argsort(nearest, axis=1)
+        index[start : start + len(part), :take] = np.take_along_axis(order, ranked, axis=1)
+        found = np.take_along_axis(nearest, ranked, axis=1)
+        dist[start : start + len(part), :take] = np.sqrt(np.maximum(found, 0.0))
+    return dist, index
+
+
+def _means_by_person(embeddings: np.ndarray, person_ids: np.ndarray):
+    ids = np.asarray(person_ids)
+    people = np.unique(ids)
+    order = np.argsort(ids, kind="stable")
+    starts = np.searchsorted(ids[order], people)
+    return people, person_means(np.asarray(embeddings)[order], starts)
+
+
 def look_alikes(
     embeddings: np.ndarray, person_ids: np.ndarray, threshold: float
 ) -> list[tuple[int, int, float]]:
@@ -304,16 +374,25 @@ def look_alikes(
     Such people are refused as ``ambiguous`` more often (the margin rule), and
     a stranger who resembles one may resemble both: photos of them taken by
     the door's camera help. Returns ``(person, other, distance)``, closest first.
+    A large gallery is compared by the people's mean templates, each with its
+    ten nearest others.
     """
     ids = np.asarray(person_ids)
     if len(np.unique(ids)) < 2:
         return []
-    d = pairwise(embeddings)
     closest: dict[tuple[int, int], float] = {}
-    rows, cols = np.nonzero((d <= threshold) & (ids[:, None] < ids[None, :]))
-    for i, j in zip(rows, cols, strict=True):
-        key = (int(ids[i]), int(ids[j]))
-        closest[key] = min(closest.get(key, np.inf), float(d[i, j]))
+    if len(ids) > EXACT_NEIGHBOURS_UP_TO:
+        people, means = _means_by_person(embeddings, ids)
+        dist, index = nearest_others(means, k=10)
+        for row, col in zip(*np.nonzero(dist <= threshold), strict=True):
+            p, q = sorted((int(people[row]), int(people[index[row, col]])))
+            closest[(p, q)] = min(closest.get((p, q), np.inf), float(dist[row, col]))
+    else:
+        d = pairwise(embeddings)
+        rows, cols = np.nonzero((d <= threshold) & (ids[:, None] < ids[None, :]))
+        for i, j in zip(rows, cols, strict=True):
+            key = (int(ids[i]), int(ids[j]))
+            closest[key] = min(closest.get(key, np.inf), float(d[i, j]))
     return sorted(((p, q, dist) for (p, q), dist in closest.items()), key=lambda r: r[2])
 
 
@@ -328,12 +407,8 @@ def look_alike_caps(
     closer than the calibrated threshold; everyone else keeps the threshold.
     """
     ids = np.asarray(person_ids)
-    people = np.unique(ids)
-    if len(people) < 2:
+    if len(np.unique(ids)) < 2:
         return {}
-    order = np.argsort(ids, kind="stable")
-    means = person_means(np.asarray(embeddings)[order], np.searchsorted(ids[order], people))
-    d = pairwise(means)
-    np.fill_diagonal(d, np.inf)
-    nearest = d.min(axis=1)
+    people, means = _means_by_person(embeddings, ids)
+    nearest = nearest_others(means, k=1)[0][:, 0]
     return {int(p): float(n - margin) for p, n in zip(people, nearest, strict=True)}

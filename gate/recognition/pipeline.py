@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from contextlib import closing
 from dataclasses import dataclass, replace
 from functools import cached_property
 
@@ -19,6 +22,8 @@ from gate.config import (
 from gate.errors import ComponentError, ConfigError, GateError
 from gate.plugins import KINDS, Registry
 from gate.recognition.calibration import (
+    EXACT_NEIGHBOURS_UP_TO,
+    SITE_SAMPLE,
     Calibration,
     ImpostorModel,
     calibrate,
@@ -32,6 +37,14 @@ from gate.storage.database import GateDB
 logger = logging.getLogger("gate.pipeline")
 
 TOO_SMALL = Match("too_small", None, None, float("inf"), float("inf"))
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """What the matcher holds of the database: the last template id read, templates per person."""
+
+    top: int
+    counts: dict[int, int]
 
 
 @dataclass(frozen=True)
@@ -83,10 +96,11 @@ class Pipeline:
         check_component_sections(config, registry)
         self.config = config
         self.registry = registry
-        #: the templates given to the matcher last, as it compares them, and their people
-        self.templates: tuple[np.ndarray, np.ndarray] | None = None
         self._calibration: Calibration | None = None
         self._caps: dict[int, float] = {}
+        self._loaded: _Loaded | None = None  # what the matcher holds of the database
+        self._caps_lock = threading.Lock()
+        self._caps_generation = 0
 
     def build(self, kind: str, name: str) -> Component:
         """An instance of the ``kind`` called ``name`` with its options from the config."""
@@ -157,16 +171,111 @@ class Pipeline:
     def fit(self, embeddings: np.ndarray, person_ids: np.ndarray) -> Calibration:
         """Give the matcher these templates and calibrate the thresholds for them."""
         embeddings = self.normalise(embeddings)
+        person_ids = np.asarray(person_ids)
+        self._loaded = None  # not the database's templates (or not known to be)
         self.matcher.fit(embeddings, person_ids)
-        self.templates = (embeddings, np.asarray(person_ids))
-        self._caps = look_alike_caps(embeddings, person_ids, self.config.recognition.min_margin)
+        self._refresh_caps(embeddings, person_ids)
         return self.recalibrate(embeddings, person_ids)
 
-    def look_alikes(self) -> list[tuple[int, int, float]]:
+    def load_templates(self, db: GateDB) -> int:
+        """Give the matcher every template in the encoder's space; returns how many."""
+        embeddings, person_ids, top = db.load_template_rows(self.encoder.space)
+        self._check_dim(embeddings)
+        self.fit(embeddings, person_ids)
+        people, counts = np.unique(person_ids, return_counts=True)
+        self._loaded = _Loaded(top, dict(zip(people.tolist(), counts.tolist(), strict=True)))
+        return len(embeddings)
+
+    def refresh(self, db: GateDB) -> int:
+        """Follow enrolments and removals made while gate runs; returns the templates held.
+
+        A matcher that can ``add`` and ``remove`` (``faiss``) is updated in place
+        with the templates enrolled since and the people gone, and the thresholds
+        recalibrated from the counts and a sample; anything else (re-encoded
+        templates, another matcher) loads everything again.
+        """
+        loaded = self._loaded
+        incremental = hasattr(self.matcher, "add") and hasattr(self.matcher, "remove")
+        if loaded is None or not incremental:
+            return self.load_templates(db)
+        space = self.encoder.space
+        new, new_ids, top = db.load_template_rows(space, after=loaded.top)
+        counts = db.template_counts(space)
+        gone = loaded.counts.keys() - counts.keys()
+        expected = dict(loaded.counts)
+        for person in gone:
+            del expected[person]
+        for person, n in zip(*np.unique(new_ids, return_counts=True), strict=True):
+            expected[int(person)] = expected.get(int(person), 0) + int(n)
+        if expected != counts:  # templates changed in place (re-encoded): start again
+            return self.load_templates(db)
+        self._check_dim(new)
+        for person in gone:
+            self.matcher.remove(person)
+        if len(new):
+            self.matcher.add(self.normalise(new), new_ids)
+        self._loaded = _Loaded(max(top, loaded.top), counts)
+        sample, sample_ids = db.sample_templates(space, SITE_SAMPLE)
+        sample = self.normalise(sample)
+        ks = np.array(list(counts.values()), np.int64)
+        self.recalibrate(sample, sample_ids, counts=ks)
+        with self._caps_lock:
+            self._caps = {p: c for p, c in self._caps.items() if p not in gone}
+        self._refresh_caps(None, None, db_path=db.path)
+        return sum(counts.values())
+
+    def _check_dim(self, embeddings: np.ndarray) -> None:
+        if len(embeddings) and embeddings.shape[1] != self.encoder.dim:
+            raise ComponentError(
+                f"templates have {embeddings.shape[1]} dimensions, encoder "
+                f"{self.encoder.name!r} makes {self.encoder.dim}"
+            )
+
+    def _refresh_caps(
+        self, embeddings: np.ndarray | None, person_ids: np.ndarray | None, db_path=None
+    ) -> None:
+        """Look-alike caps for the gallery: at once for a small one, else in the background.
+
+        While a large gallery's caps are computed, the caps known before stay in
+        force (a person removed meanwhile loses theirs); the margin rule holds
+        throughout.
+        """
+        with self._caps_lock:
+            self._caps_generation += 1
+            generation = self._caps_generation
+        margin = self.config.recognition.min_margin
+        if embeddings is not None and len(np.unique(person_ids)) <= EXACT_NEIGHBOURS_UP_TO:
+            caps = look_alike_caps(embeddings, person_ids, margin)
+            with self._caps_lock:
+                self._caps = caps
+            return
+
+        def compute() -> None:
+            started = time.monotonic()
+            x, ids = embeddings, person_ids
+            if x is None:
+                with closing(GateDB(db_path)) as db:
+                    x, ids, _ = db.load_template_rows(self.encoder.space)
+                x = self.normalise(x)
+            caps = look_alike_caps(x, ids, margin)
+            with self._caps_lock:
+                if generation != self._caps_generation:
+                    return  # the gallery changed again meanwhile: a newer run sets them
+                self._caps = caps
+            logger.info(
+                "look-alike caps for %d people ready in %.1f s", len(caps),
+                time.monotonic() - started,
+            )  # fmt: skip
+
+        threading.Thread(target=compute, name="gate-look-alikes", daemon=True).start()
+
+    def look_alikes(self, db: GateDB) -> list[tuple[int, int, float]]:
         """Pairs of people enrolled whose templates lie within the colour threshold in force."""
-        if self.templates is None:
+        embeddings, person_ids, _ = db.load_template_rows(self.encoder.space)
+        if not len(embeddings):
             return []
-        return look_alikes(*self.templates, self.calibration.threshold("colour"))
+        embeddings = self.normalise(embeddings)
+        return look_alikes(embeddings, person_ids, self.calibration.threshold("colour"))
 
     def _capped(self, match: Match) -> Match:
         """A match beyond its person's look-alike cap becomes ``ambiguous``."""
@@ -176,9 +285,16 @@ class Pipeline:
         return match
 
     def recalibrate(
-        self, embeddings: np.ndarray, person_ids: np.ndarray, override: float | None = None
+        self,
+        embeddings: np.ndarray,
+        person_ids: np.ndarray,
+        override: float | None = None,
+        counts: np.ndarray | None = None,
     ) -> Calibration:
-        """Thresholds for this gallery (normalised) at the stated risk, or a fixed ``override``."""
+        """Thresholds for this gallery (normalised) at the stated risk, or a fixed ``override``.
+
+        ``counts``: templates per person, when ``embeddings`` are only a sample.
+        """
         r = self.config.recognition
         override = override if override is not None else r.threshold
         calibration = calibrate(
@@ -188,6 +304,7 @@ class Pipeline:
             r.stranger_acceptance,
             override=override,
             fallback=self.encoder.threshold,
+            counts=counts,
         )
         self._calibration = calibration
         self._explain(calibration)
@@ -220,17 +337,6 @@ class Pipeline:
                 r.stranger_acceptance,
                 DEFAULT_STRANGER_ACCEPTANCE,
             )
-
-    def load_templates(self, db: GateDB) -> int:
-        """Give the matcher every template in the encoder's space; returns how many."""
-        embeddings, person_ids = db.load_templates(self.encoder.space)
-        if len(embeddings) and embeddings.shape[1] != self.encoder.dim:
-            raise ComponentError(
-                f"templates have {embeddings.shape[1]} dimensions, encoder "
-                f"{self.encoder.name!r} makes {self.encoder.dim}"
-            )
-        self.fit(embeddings, person_ids)
-        return len(embeddings)
 
     def thresholds_for(
         self, qualities: list[FaceQuality], override: float | None = None

@@ -350,7 +350,7 @@ class Runner:
                 if version == seen:
                     continue
                 seen = version
-                count = self.pipeline.load_templates(db)
+                count = self.pipeline.refresh(db)
                 names = db.names()
                 for loop in self.running():
                     loop.names = names

@@ -267,20 +267,69 @@ class GateDB:
 
     def load_templates(self, space: str) -> tuple[np.ndarray, np.ndarray]:
         """All templates of one embedding space: ``(T, dim)`` float32 and person ids ``(T,)``."""
-        rows = list(
-            self.db.query(
-                "select person_id, dim, embedding from templates where space = ? order by id",
-                [space],
+        vectors, ids, _ = self.load_template_rows(space)
+        return vectors, ids
+
+    def load_template_rows(
+        self, space: str, after: int = 0
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Templates of ``space`` with an id above ``after``: vectors, person ids, largest id.
+
+        Read in one snapshot, straight into the arrays (a million in seconds).
+        """
+        con = self.db.conn
+        where = "where space = ? and id > ?"
+        own = not con.in_transaction
+        if own:
+            con.execute("BEGIN")  # one snapshot: the count and the rows agree
+        try:
+            count, low, high, top = con.execute(
+                f"select count(*), min(dim), max(dim), max(id) from templates {where}",
+                [space, after],
+            ).fetchone()
+            if not count:
+                return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), after
+            if low != high:
+                raise StoreError(
+                    f"templates of space {space!r} disagree on dimension: {low} and {high}"
+                )
+            vectors = np.empty((count, low), np.float32)
+            ids = np.empty(count, np.int64)
+            cursor = con.execute(
+                f"select person_id, embedding from templates {where} order by id", [space, after]
             )
-        )
+            done = 0
+            while rows := cursor.fetchmany(65536):
+                n = len(rows)
+                ids[done : done + n] = [row[0] for row in rows]
+                blob = b"".join(row[1] for row in rows)
+                vectors[done : done + n] = np.frombuffer(blob, "<f4").reshape(n, low)
+                done += n
+        finally:
+            if own:
+                con.execute("COMMIT")
+        return vectors, ids, top
+
+    def template_counts(self, space: str) -> dict[int, int]:
+        """Templates per person in ``space``."""
+        rows = self.db.execute(
+            "select person_id, count(*) from templates where space = ? group by person_id",
+            [space],
+        ).fetchall()
+        return {int(person): int(n) for person, n in rows}
+
+    def sample_templates(self, space: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """At most ``n`` templates of ``space``, spread over the gallery by a fixed hash of their
+        ids (the same gallery gives the same sample): vectors and person ids."""
+        rows = self.db.execute(
+            "select person_id, embedding from templates where space = ? "
+            "order by (id * 2654435761) % 4294967296 limit ?",
+            [space, n],
+        ).fetchall()
         if not rows:
             return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
-        dims = {row["dim"] for row in rows}
-        if len(dims) != 1:
-            raise StoreError(f"templates of space {space!r} disagree on dimension: {sorted(dims)}")
-        vectors = np.stack([np.frombuffer(row["embedding"], dtype="<f4") for row in rows])
-        ids = np.array([row["person_id"] for row in rows], dtype=np.int64)
-        return vectors.astype(np.float32), ids
+        vectors = np.stack([np.frombuffer(blob, "<f4") for _, blob in rows]).astype(np.float32)
+        return vectors, np.array([person for person, _ in rows], np.int64)
 
     def stale_templates(self, space: str) -> list[dict[str, Any]]:
         """Templates of other spaces whose photo has no template in ``space`` yet."""
