@@ -60,7 +60,7 @@ class FaissOptions(StrictOptions):
     ef_construction: int = Field(
         64, ge=8, le=2048, description="HNSW: candidates kept while building."
     )
-    ef_search: int = Field(64, ge=8, le=4096, description="HNSW: candidates kept per search.")
+    ef_search: int = Field(256, ge=8, le=4096, description="HNSW: candidates kept per search.")
     ivf_lists: int = Field(0, ge=0, description="IVF: cells (0: the square root of vectors).")
     ivf_nprobe: int = Field(32, ge=1, le=65_536, description="IVF: cells searched per face.")
     neighbours: int = Field(
@@ -70,11 +70,19 @@ class FaissOptions(StrictOptions):
         description="Nearest vectors fetched first to find the nearest other person (widened "
         "when they are all one person).",
     )
-    threads: int = Field(2, ge=1, le=256, description="FAISS threads (building; batches of faces).")
+    threads: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="FAISS threads per search (a door asks for one face at a time; more "
+        "threads only help batches, and cost much on a busy box).",
+    )
+    build_threads: int = Field(2, ge=1, le=256, description="FAISS threads building an index.")
 
 
 def _faiss(threads: int) -> Any:
-    """The faiss module, imported on first use (``gate --help`` never pays for it)."""
+    """The faiss module (imported on first use: ``gate --help`` never pays for it), set to
+    use ``threads`` in the calling thread."""
     import faiss
 
     faiss.omp_set_num_threads(threads)
@@ -238,6 +246,7 @@ class FaissMatcher(Matcher):
             gallery = self._gallery
             if gallery.live == 0:
                 return [Match("unknown", None, None, float("inf"), float("inf")) for _ in queries]
+            _faiss(self.options.threads)
             people, nearest, runner_up = self._search(gallery, queries)
         return decide(people, np.sqrt(nearest), np.sqrt(runner_up), limits, min_margin)
 
@@ -290,7 +299,7 @@ class FaissMatcher(Matcher):
 
     def _build(self, kind: str, vectors: np.ndarray, ids: np.ndarray | None = None) -> Any:
         """An index of ``kind`` holding ``vectors`` under ``ids`` (default ``0..n-1``)."""
-        faiss = _faiss(self.options.threads)
+        faiss = _faiss(self.options.build_threads)
         o = self.options
         n, dim = vectors.shape
         vectors = np.ascontiguousarray(vectors, np.float32)
