@@ -298,7 +298,7 @@ PASSWORDS = {"authority": "auth-s3cret", "rogue": "rogue-s3cret"} | {
 @pytest.fixture
 def fleet_broker(tmp_path):
     """mosquitto with a password per node and docs/fleet.md's ACL, plus a ``rogue`` user who
-    may write the fleet's topics (an ACL that slipped)."""
+    may write the fleet's topics (an ACL that slipped) and read everything."""
     binary, passwd_tool = _mosquitto_binary(), shutil.which("mosquitto_passwd")
     if binary is None or passwd_tool is None:
         if os.environ.get("GATE_REQUIRE_MOSQUITTO"):
@@ -309,11 +309,37 @@ def fleet_broker(tmp_path):
         create = [] if passwd.exists() else ["-c"]
         subprocess.run([passwd_tool, *create, "-b", str(passwd), user, password], check=True)
     acl = tmp_path / "acl"
-    acl.write_text(fleet_acl() + "\nuser rogue\ntopic readwrite gate/fleet/#\n")
+    acl.write_text(fleet_acl() + "\nuser rogue\ntopic readwrite gate/fleet/#\ntopic read gate/#\n")
     settings = f"allow_anonymous false\npassword_file {passwd}\nacl_file {acl}\n"
     broker = Mosquitto(binary, tmp_path, settings).start()
     yield broker
     broker.stop()
+
+
+def test_the_documented_acl_lets_an_edge_write_only_its_own_events_and_status(
+    fleet_broker, subscribe
+):
+    import paho.mqtt.client as mqtt
+
+    watcher = subscribe(fleet_broker.port, "gate/#", ("rogue", PASSWORDS["rogue"]))
+    edge = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    edge.username_pw_set("e1", PASSWORDS["e1"])
+    edge.connect("127.0.0.1", fleet_broker.port)
+    edge.loop_start()
+    try:
+        for topic in (
+            "gate/fleet/person/1", "gate/fleet/head", "gate/fleet/acks/e1",
+            "gate/fleet/events/e2", "gate/e2/front/command",
+            "gate/fleet/events/e1", "gate/fleet/status/e1", "gate/e1/front/command",
+        ):  # fmt: skip
+            edge.publish(topic, b"x", qos=1).wait_for_publish(5)
+        watcher.wait_for("gate/e1/front/command")
+        time.sleep(0.3)
+        seen = sorted({topic for topic, *_ in watcher.messages})
+        assert seen == ["gate/e1/front/command", "gate/fleet/events/e1", "gate/fleet/status/e1"]
+    finally:
+        edge.loop_stop()
+        edge.disconnect()
 
 
 class Node:
