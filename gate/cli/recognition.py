@@ -28,14 +28,53 @@ def _face_json(rec, names: dict[int, str]) -> dict:
     }
 
 
+def _annotated_paths(images, folder: Path, force: bool) -> dict[str, Path]:
+    """Where ``--annotate`` writes each image: same base name, JPEG stays JPEG, else PNG.
+
+    Refuses an existing file without ``force``, and an input image always.
+    """
+    out: dict[str, Path] = {}
+    taken: set[Path] = set()
+    for path in images:
+        source = Path(path)
+        suffix = source.suffix.lower() if source.suffix.lower() in (".jpg", ".jpeg") else ".png"
+        target, n = folder / f"{source.stem}{suffix}", 1
+        while target in taken:  # two inputs of one name, from different folders
+            n += 1
+            target = folder / f"{source.stem}-{n}{suffix}"
+        taken.add(target)
+        if source.exists() and target.exists() and target.samefile(source):
+            raise click.ClickException(f"{target}: is an input image: annotate into another folder")
+        if target.exists() and not force:
+            raise click.ClickException(f"{target}: exists (--force to overwrite)")
+        out[str(path)] = target
+    return out
+
+
 @cli.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "--annotate",
+    "annotate_dir",
+    type=click.Path(file_okay=False),
+    help="Write each image here with every face's box, landmarks, name and distance or reason.",
+)
+@click.option("--force", is_flag=True, help="With --annotate: overwrite annotated images.")
 @json_option
 @pass_app
-def identify(app: App, images, as_json: bool) -> None:
-    """Say who is in each image: every face, matched against everyone enrolled."""
+def identify(app: App, images, annotate_dir: str | None, force: bool, as_json: bool) -> None:
+    """Say who is in each image: every face, matched against everyone enrolled.
+
+    --annotate DIR draws the verdicts: green a match, red unknown, amber a face
+    gate will not decide on (ambiguous, low quality, too small), with the
+    distance, the threshold and the reason.
+    """
     from gate.recognition.images import read_image
 
+    targets: dict[str, Path] = {}
+    if annotate_dir is not None:
+        targets = _annotated_paths(images, Path(annotate_dir), force)
+        Path(annotate_dir).mkdir(parents=True, exist_ok=True)
     app.pipeline.load_templates(app.db)
     names = app.db.names()
     report, errors = [], 0
@@ -54,6 +93,18 @@ def identify(app: App, images, as_json: bool) -> None:
             if rec.quality is not None and face["status"] == "low_quality":
                 face["why"] = "; ".join(app.pipeline.floor.failures(rec.quality))
         report.append({"image": str(path), "faces": faces})
+        if targets:
+            from gate.recognition.annotate import Label, describe, draw, write_image
+
+            labels = [
+                Label(rec.face, face["status"], describe(face))
+                for face, rec in zip(faces, recognitions, strict=True)
+            ]
+            try:
+                write_image(targets[str(path)], draw(pixels, labels))
+                report[-1]["annotated"] = str(targets[str(path)])
+            except (GateError, OSError) as exc:
+                raise click.ClickException(f"{targets[str(path)]}: cannot write ({exc})") from None
         if as_json:
             continue
         if not faces:
@@ -65,6 +116,8 @@ def identify(app: App, images, as_json: bool) -> None:
             limit = "" if face["threshold"] is None else f" (threshold {face['threshold']:.3f})"
             why = f" [{face['why']}]" if face.get("why") else ""
             click.echo(f"{path}: {who}{extra}{why}  distance {distance}{limit}  box {face['box']}")
+        if targets:
+            click.echo(f"{path}: annotated -> {targets[str(path)]}")
     if as_json:
         click.echo(json.dumps(report, indent=2))
     if errors:

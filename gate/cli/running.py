@@ -148,17 +148,31 @@ LOG_FIELDS = [
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
 @click.option("--csv", "as_csv", is_flag=True, help="Output CSV.")
+@click.option(
+    "--snapshots",
+    "snapshots_dir",
+    type=click.Path(file_okay=False),
+    help="Write the face crops of the events shown into this folder.",
+)
+@click.option("--browse", is_flag=True, help="Open the log read-only in datasette (on 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8001, show_default=True,
+              help="With --browse: the port.")  # fmt: skip
 @click.pass_context
 def log_command(
-    ctx, since, until, person, door, node, decision, reason, limit, as_json, as_csv
-) -> None:
+    ctx, since, until, person, door, node, decision, reason, limit, as_json, as_csv,
+    snapshots_dir, browse, port,
+) -> None:  # fmt: skip
     """Show logged access decisions, newest first; check the log; apply retention.
 
     In a fleet, the authority's log holds every node's events, each with the
-    node that logged it.
+    node that logged it. --snapshots DIR writes the stored face crops of the
+    events selected, named <id>-<time>-<door>-<decision>-<person>.jpg.
+    --browse serves the log read-only with datasette, face thumbnails and
+    facets by door, person, decision and reason (pip install 'gate-access[browse]').
     """
     if ctx.invoked_subcommand:
-        if any((since, until, person, door, node, decision, reason, as_json, as_csv)):
+        if any((since, until, person, door, node, decision, reason, as_json, as_csv,
+                snapshots_dir, browse)):  # fmt: skip
             raise click.UsageError(
                 f"'gate log {ctx.invoked_subcommand}' takes no filter or format: "
                 "give those to 'gate log' alone"
@@ -167,6 +181,14 @@ def log_command(
     app: App = ctx.find_object(App)
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
+    if browse:
+        if snapshots_dir or as_json or as_csv:
+            raise click.UsageError("--browse takes filters, not --snapshots, --json or --csv")
+        _browse(app, port, since=since, until=until, person=person, door=door, node=node,
+                decision=decision, reason=reason)  # fmt: skip
+        return
+    if snapshots_dir and as_csv:
+        raise click.UsageError("--snapshots writes files: give --json for a report, not --csv")
     fleet = app.config.fleet
     own = fleet.node if fleet.role != "none" else None  # this node's events have no node
     events = app.db.events(
@@ -178,7 +200,11 @@ def log_command(
         decision=decision,
         reason=reason,
         limit=limit,
+        snapshots=bool(snapshots_dir),
     )
+    if snapshots_dir:
+        _write_snapshots(events, Path(snapshots_dir), as_json)
+        return
     nodes = {i: n or own for i, n in app.db.event_nodes(e.id for e in events).items()}
     rows = [event.public() | {"node": nodes.get(event.id)} for event in events]
     if as_json:
@@ -193,6 +219,43 @@ def log_command(
         shown = fleet.role == "authority" or any(nodes.values())
         for event in events:
             echo_event(event, (nodes.get(event.id) or "-") if shown else None)
+
+
+def _write_snapshots(events, folder: Path, as_json: bool) -> None:
+    """``gate log --snapshots``: the crops written, and how many events had none."""
+    from gate.storage.browse import write_snapshots
+
+    try:
+        done = write_snapshots(events, folder)
+    except OSError as exc:
+        raise click.ClickException(f"{folder}: cannot write snapshots ({exc})") from None
+    if as_json:
+        report = {"files": [str(p) for p in done.files], "without_snapshot": done.without}
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"wrote {len(done.files)} snapshot(s) to {folder}")
+    if done.without:
+        click.echo(
+            f"{len(done.without)} event(s) had no snapshot (retention may have dropped them, "
+            "or the decision was not made on a face)"
+        )
+
+
+def _browse(app: App, port: int, since, until, **filters) -> None:
+    """``gate log --browse``: datasette on the database, read-only, or how to install it."""
+    from gate.storage.browse import INSTALL_HINT, datasette_installed, events_url, serve
+
+    if not datasette_installed():
+        raise click.ClickException(f"--browse needs datasette: {INSTALL_HINT}")
+    fleet = app.config.fleet
+    if fleet.role != "none" and filters.get("node") == fleet.node:  # its own events: no node
+        filters["node"], filters["node__isnull"] = None, "1"
+    path = app.db.path
+    when = {"time__gte": parse_when(since), "time__lt": parse_when(until)}
+    url = events_url(port, path, {**filters, **when, "_sort_desc": "time"})
+    code = serve(path, port, url, click.echo)
+    if code:
+        raise click.ClickException(f"datasette stopped with exit status {code}")
 
 
 @log_command.command("verify")
