@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,browse]'
 	touch $(STAMP)
 
 # The tests talk to a real mosquitto broker; install Debian's when missing and we may.
