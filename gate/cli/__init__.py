@@ -13,6 +13,7 @@ import click
 
 from gate.cli import (  # noqa: F401  (commands)
     controller,
+    doctor,
     fleet,
     people,
     plugins,
