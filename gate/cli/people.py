@@ -24,15 +24,52 @@ from gate.cli.base import App, cli, echo_rows, json_option, pass_app
 @click.option(
     "--force", is_flag=True, help="Enroll faces that look like someone else enrolled, too."
 )
+@click.option(
+    "--camera",
+    metavar="SOURCE",
+    help="Take the views at a camera: index, RTSP/HTTP URL or video file.",
+)
+@click.option(
+    "--views",
+    type=click.IntRange(1, 50),
+    default=5,
+    show_default=True,
+    help="With --camera: how many good, varied views to take.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="With --camera: seconds to find them (a file's own time).",
+)
+@click.option("--preview", is_flag=True, help="With --camera: show a window when a display exists.")
 @pass_app
-def enroll(app: App, name, images, from_folder, skip_refused, force) -> None:
-    """Enroll NAME from IMAGE..., or everyone in --from-folder.
+def enroll(
+    app: App, name, images, from_folder, skip_refused, force, camera, views, timeout, preview
+) -> None:
+    """Enroll NAME from IMAGE..., or everyone in --from-folder, or at --camera.
 
     Each photo must show exactly one face, large and sharp enough, that does
     not look like someone else enrolled (unless --force). A refused photo is
     reported with its reason and, unless --skip-refused, nothing of that
     person is stored. Each person is reported as soon as they are stored.
+
+    With --camera SOURCE, frames are read until --views good views of one
+    face, each a little different (turn your head slightly), with guidance
+    as it goes; nothing is stored unless all are found within --timeout.
     """
+    if camera is not None:
+        if images or from_folder or skip_refused:
+            raise click.UsageError(
+                "--camera takes NAME only (no IMAGE, --from-folder, --skip-refused)"
+            )
+        if not name:
+            raise click.UsageError("give the NAME to enroll at the camera")
+        _enroll_at_camera(app, name, camera, views, timeout, force, preview)
+        return
+    if views != 5 or timeout != 30.0 or preview:
+        raise click.UsageError("--views, --timeout and --preview go with --camera")
     from gate.recognition.enrollment import enroll as enroll_person
     from gate.recognition.images import list_images
     from gate.storage.database import check_name
@@ -77,6 +114,38 @@ def enroll(app: App, name, images, from_folder, skip_refused, force) -> None:
                 failed = True
     if failed:
         sys.exit(1)
+
+
+def _enroll_at_camera(
+    app: App, name: str, spec: str, views: int, timeout: float, force: bool, preview: bool
+) -> None:
+    """``gate enroll NAME --camera SOURCE``: guidance on stderr, the result on stdout."""
+    from gate.recognition.camera_enrollment import enroll_at_camera
+    from gate.storage.database import check_name
+
+    check_name(name)
+    if force:
+        click.echo("--force: a face that looks like someone else is enrolled too", err=True)
+    click.echo(f"enrolling {name} at {spec}: {views} views, look at the camera", err=True)
+    result = enroll_at_camera(
+        app.db,
+        app.pipeline,
+        name,
+        spec,
+        views=views,
+        timeout=timeout,
+        force=force,
+        say=lambda line: click.echo(line, err=True),
+        preview=preview,
+    )
+    for refusal in result.refusals:
+        click.echo(f"refused {refusal.source}: {refusal.reason}", err=True)
+    if not result.stored:
+        click.echo(f"nothing stored for {name}", err=True)
+        sys.exit(1)
+    skipped = len(result.accepted) - result.added
+    note = f" ({skipped} already enrolled)" if skipped else ""
+    click.echo(f"enrolled {name}: {result.added} view(s) from {spec}{note}")
 
 
 def _report(result) -> bool:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from gate.components import Face
 from gate.errors import ComponentError, ImageError
 from gate.recognition.images import encode_jpeg, face_region, face_to_json, grey_tail, read_image
 from gate.recognition.pipeline import Pipeline
@@ -24,6 +26,8 @@ class Refusal:
 
     source: str
     reason: str
+    #: which rule refused it (see :func:`check_face`), ``look_alike`` or ``unreadable``
+    kind: str = field(default="", compare=False)
 
 
 def examine(pipeline: Pipeline, path: str | Path) -> Template | Refusal:
@@ -34,56 +38,101 @@ def examine(pipeline: Pipeline, path: str | Path) -> Template | Refusal:
 
 def _examine(pipeline: Pipeline, path: str | Path) -> tuple[Template, FaceQuality] | Refusal:
     """:func:`examine`, with the face's quality kept for matching it."""
-    rules = pipeline.config.enrollment
     try:
         image = read_image(path)
     except ImageError as exc:
-        return Refusal(str(path), str(exc).removeprefix(f"{path}: "))
+        return Refusal(str(path), str(exc).removeprefix(f"{path}: "), "unreadable")
     if grey_tail(image.pixels) >= GREY_TAIL_PX:
         return Refusal(
-            str(path), "truncated or damaged: the image ends in flat grey; use an intact copy"
+            str(path),
+            "truncated or damaged: the image ends in flat grey; use an intact copy",
+            "unreadable",
         )
     faces = pipeline.detector.detect(image.pixels)
+    verdict = check_face(pipeline, image.pixels, faces, str(path))
+    if isinstance(verdict, Refusal):
+        return verdict
+    return encode_face(pipeline, image.pixels, verdict, image.name, image.sha256)
+
+
+def side_by_side(value: float, limit: float, signed: bool = False) -> tuple[str, str]:
+    """``value`` and ``limit`` printed with one decimal, or more until the two differ.
+
+    A refusal must not read "sharpness 25, need 25": the numbers that decided
+    it are shown precisely enough to tell them apart (up to 4 decimals).
+    """
+    sign = "+" if signed else ""
+    for places in range(1, 5):
+        shown = f"{value:{sign}.{places}f}", f"{limit:.{places}f}"
+        if f"{abs(value):.{places}f}" != f"{abs(limit):.{places}f}":
+            break
+    return shown
+
+
+def check_face(
+    pipeline: Pipeline, pixels: np.ndarray, faces: list[Face], source: str
+) -> tuple[Face, FaceQuality] | Refusal:
+    """The one face in ``faces`` fit to enroll and its quality, or why there is none.
+
+    A refusal's ``kind`` says which rule failed: ``no_face``, ``faces`` (more
+    than one), ``small``, ``blurred``, ``turned`` or ``unclear``.
+    """
+    rules = pipeline.config.enrollment
     if not faces:
-        return Refusal(str(path), "no face found")
+        return Refusal(source, "no face found", "no_face")
     big = [f for f in faces if f.size >= rules.min_face_px]
     if len(big) > 1:
-        return Refusal(str(path), f"{len(big)} faces found; an enrollment photo must show one")
+        return Refusal(
+            source, f"{len(big)} faces found; an enrollment photo must show one", "faces"
+        )
     face = max(faces, key=lambda f: f.size)
     if face.size < rules.min_face_px:
-        return Refusal(
-            str(path), f"face too small ({face.size:.0f} px, need {rules.min_face_px} px)"
-        )
-    quality = measure(image.pixels, face)
+        size, need = side_by_side(face.size, rules.min_face_px)
+        return Refusal(source, f"face too small ({size} px, need {need} px)", "small")
+    quality = measure(pixels, face)
     if quality.sharpness < rules.min_sharpness:
-        return Refusal(
-            str(path),
-            f"face too blurred (sharpness {quality.sharpness:.2f}, need {rules.min_sharpness:g})",
-        )
+        sharp, need = side_by_side(quality.sharpness, rules.min_sharpness)
+        return Refusal(source, f"face too blurred (sharpness {sharp}, need {need})", "blurred")
     if abs(quality.yaw) > rules.max_yaw:
+        yaw, most = side_by_side(quality.yaw, rules.max_yaw, signed=True)
         return Refusal(
-            str(path),
-            f"face turned away (yaw {quality.yaw:+.2f}, at most {rules.max_yaw:g}): "
-            "enroll a photo facing the camera",
+            source,
+            f"face turned away (yaw {yaw}, at most {most}): enroll a photo facing the camera",
+            "turned",
         )
     if face.score < rules.min_detector_score:
-        return Refusal(
-            str(path),
-            f"unclear face (detector score {face.score:.2f}, need {rules.min_detector_score:g})",
-        )
+        score, need = side_by_side(face.score, rules.min_detector_score)
+        return Refusal(source, f"unclear face (detector score {score}, need {need})", "unclear")
+    return face, quality
+
+
+def encode_face(
+    pipeline: Pipeline,
+    pixels: np.ndarray,
+    found: tuple[Face, FaceQuality],
+    name: str,
+    sha256: str | None = None,
+) -> tuple[Template, FaceQuality]:
+    """The template of a face that passed :func:`check_face`, and its quality.
+
+    ``sha256`` identifies the source so it is not enrolled twice; without it
+    (a camera frame) the stored face crop's is used.
+    """
+    face, quality = found
     encoder = pipeline.encoder
-    vector = encoder.encode(image.pixels, [face])[0]
-    crop, crop_face = face_region(image.pixels, face, pad=0.6, face_px=300)
+    vector = encoder.encode(pixels, [face])[0]
+    crop, crop_face = face_region(pixels, face, pad=0.6, face_px=300)
+    jpeg = encode_jpeg(crop, quality=95)
     template = Template(
         embedding=vector,
         encoder=encoder.name,
         encoder_version=encoder.version,
         space=encoder.space,
-        source_sha256=image.sha256,
-        source_name=image.name,
+        source_sha256=sha256 or hashlib.sha256(jpeg).hexdigest(),
+        source_name=name,
         face_size=face.size,
         quality=quality.sharpness,
-        face_crop=encode_jpeg(crop, quality=95),
+        face_crop=jpeg,
         crop_face=face_to_json(crop_face),
         yaw=quality.yaw,
         grey=quality.grey,
@@ -127,6 +176,7 @@ def look_alikes(
                     source,
                     f"looks like {names[match.candidate_id]} ({match.distance:.2f}): "
                     "--force to enroll anyway",
+                    "look_alike",
                 )
             )
     return refusals
