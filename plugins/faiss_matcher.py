@@ -6,10 +6,12 @@ margin to the nearest *other* person; ``match``, ``ambiguous`` or ``unknown``),
 but the vectors live once, as float32, inside a FAISS index:
 
 * ``flat``: exact L2 search (``IndexFlatL2`` in an ``IndexIDMap2``);
-* ``hnsw``: an approximate graph index (``IndexHNSWFlat``), fast at a million;
-* ``ivf``: an approximate inverted file (``IndexIVFFlat``), quick to build;
-* ``auto`` (default): ``flat`` up to ``auto_above`` vectors, ``hnsw`` above
-  (see ``docs/benchmarks.md``, "Gallery scale", for why there).
+* ``hnsw``: an approximate graph index (``IndexHNSWFlat`` in an ``IndexIDMap2``):
+  about 1.4 ms per face at a million templates on 2 cores, but minutes to build;
+* ``ivf``: an approximate inverted file (``IndexIVFFlat``): built in seconds, but on
+  real faces it must search many cells to find the nearest person;
+* ``auto`` (default): ``flat`` up to ``auto_above`` (50,000) vectors, where exact search
+  reaches about 1 ms per face, ``hnsw`` above (``docs/benchmarks.md``, "Gallery scale").
 
 The nearest other person is found among the ``neighbours`` nearest vectors; for
 faces whose neighbours are all one person, the search is widened until another
@@ -184,7 +186,7 @@ class FaissMatcher(Matcher):
         """Add templates (of new people or of people already enrolled) without a rebuild.
 
         Under the mean rule each person named gets their mean updated. The index
-        kind stays as :meth:`fit` chose it.
+        kind stays as :meth:`fit` chose it (``auto`` chooses again at the next fit).
         """
         embeddings = np.atleast_2d(np.asarray(embeddings, np.float32))
         person_ids = np.atleast_1d(np.asarray(person_ids, np.int64))
@@ -224,7 +226,11 @@ class FaissMatcher(Matcher):
             self._compact(gallery)
 
     def remove(self, person_id: int) -> int:
-        """Forget a person's templates without a rebuild; returns how many there were."""
+        """Forget a person's templates without a rebuild; returns how many there were.
+
+        HNSW cannot delete: their vectors are left out of every answer, and the graph
+        is rebuilt once removed vectors are a quarter of it.
+        """
         with self._lock:
             gallery = self._gallery
             ids = np.flatnonzero(gallery.owner == person_id)
