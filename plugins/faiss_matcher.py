@@ -241,6 +241,38 @@ class FaissMatcher(Matcher):
             self._compact(gallery)
             return removed
 
+    def state(self) -> dict[str, np.ndarray] | None:
+        """The built index and what gate knows of it, as arrays (None when empty): what
+        :meth:`restore` takes back, so that a large gallery need not be built again."""
+        with self._lock:
+            gallery = self._gallery
+            if gallery.index is None:
+                return None
+            return {
+                "index": _faiss(1).serialize_index(gallery.index),
+                "kind": np.array(gallery.kind),
+                "dim": np.array(gallery.dim),
+                "owner": gallery.owner.copy(),
+                "stats": gallery.stats.copy(),
+                "dead": np.array(gallery.dead),
+            }
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        """Take back what :meth:`state` gave, with this matcher's search settings."""
+        faiss = _faiss(self.options.threads)
+        index = faiss.deserialize_index(np.asarray(state["index"], np.uint8))
+        kind = str(state["kind"])
+        if kind == "hnsw":
+            faiss.downcast_index(index.index).hnsw.efSearch = self.options.ef_search
+        elif kind == "ivf":
+            index.nprobe = self.options.ivf_nprobe
+        gallery = _Gallery(
+            kind, int(state["dim"]), index, np.asarray(state["owner"], np.int64).copy(),
+            np.asarray(state["stats"], np.float64).copy(), int(state["dead"]),
+        )  # fmt: skip
+        with self._lock:
+            self._gallery = gallery
+
     def match(
         self, embeddings: np.ndarray, *, threshold: float | np.ndarray, min_margin: float
     ) -> list[Match]:

@@ -3,6 +3,7 @@ result is what a full load of the database gives."""
 
 from __future__ import annotations
 
+import stat
 import time
 
 import numpy as np
@@ -15,6 +16,7 @@ from gate.recognition.calibration import look_alike_caps
 from gate.recognition.enrollment import enroll
 from gate.recognition.images import list_images
 from gate.recognition.pipeline import Pipeline
+from gate.storage import index_cache
 from gate.storage.database import GateDB
 from tests.conftest import data_path
 
@@ -118,4 +120,32 @@ def test_a_large_gallery_gets_its_look_alike_caps_in_the_background(tmp_path, bb
     assert pipeline._caps.keys() == expected.keys() and len(expected) == 5
     assert np.allclose([pipeline._caps[p] for p in expected], list(expected.values()))
     pipeline.close()
+    db.close()
+
+
+def test_a_large_gallery_starts_from_its_kept_index(tmp_path, bbt, monkeypatch):
+    """The built index is kept beside the database and read back at the next start, with what
+    was enrolled since added; removing anyone deletes it (it holds their embeddings)."""
+    monkeypatch.setattr(pipeline_module, "INDEX_CACHE_ABOVE", 1)
+    names = list(bbt)
+    db = GateDB(tmp_path / "gate.db")
+    for name in names[:3]:
+        assert enroll(db, admin(), name, bbt[name], skip_refused=True).stored
+    first = make_pipeline()
+    first.load_templates(db)
+    kept = index_cache.cache_path(db.path, first.encoder.space, "faiss")
+    assert kept.exists() and stat.S_IMODE(kept.stat().st_mode) == 0o600
+    first.close()
+    for name in names[3:5]:  # enrolled while gate was stopped
+        assert enroll(db, admin(), name, bbt[name], skip_refused=True).stored
+    restarted = make_pipeline()
+    restored = []
+    original = restarted.matcher.restore
+    restarted.matcher.restore = lambda state: restored.append(1) or original(state)
+    restarted.load_templates(db)
+    assert restored == [1]  # read back, not built
+    same_as_a_full_load(restarted, db)
+    restarted.close()
+    db.remove_person(names[0])
+    assert not kept.exists()
     db.close()

@@ -32,9 +32,13 @@ from gate.recognition.calibration import (
     normalise,
 )
 from gate.recognition.quality import FaceQuality, QualityFloor, measure
+from gate.storage import index_cache
 from gate.storage.database import GateDB
 
 logger = logging.getLogger("gate.pipeline")
+
+#: galleries of at least this many templates keep their built index beside the database
+INDEX_CACHE_ABOVE = 50_000
 
 TOO_SMALL = Match("too_small", None, None, float("inf"), float("inf"))
 
@@ -177,14 +181,66 @@ class Pipeline:
         self._refresh_caps(embeddings, person_ids)
         return self.recalibrate(embeddings, person_ids)
 
-    def load_templates(self, db: GateDB) -> int:
-        """Give the matcher every template in the encoder's space; returns how many."""
+    def load_templates(self, db: GateDB, *, cached: bool = True) -> int:
+        """Give the matcher every template in the encoder's space; returns how many.
+
+        A large gallery's index is kept beside the database once built
+        (:mod:`gate.storage.index_cache`) and read back at the next start, with
+        what was enrolled since added on top.
+        """
+        if cached and self._restore_index(db):
+            return self.refresh(db)
         embeddings, person_ids, top = db.load_template_rows(self.encoder.space)
         self._check_dim(embeddings)
         self.fit(embeddings, person_ids)
         people, counts = np.unique(person_ids, return_counts=True)
         self._loaded = _Loaded(top, dict(zip(people.tolist(), counts.tolist(), strict=True)))
+        if len(embeddings) >= INDEX_CACHE_ABOVE:
+            self._save_index(db)
         return len(embeddings)
+
+    def _index_key(self) -> dict:
+        model = self.impostor_model
+        return {
+            "format": 1,
+            "space": self.encoder.space,
+            "matcher": self.matcher.name,
+            "options": self.matcher.options.model_dump(mode="json"),
+            "radius": None if model is None else model.radius,
+        }
+
+    def _save_index(self, db: GateDB) -> None:
+        """Keep the matcher's built index beside the database (a matcher that can say it)."""
+        state = self.matcher.state() if hasattr(self.matcher, "state") else None
+        if state is None or self._loaded is None:
+            return
+        loaded = self._loaded
+        state["top"] = np.array(loaded.top)
+        state["people"] = np.array(list(loaded.counts), np.int64)
+        state["counts"] = np.array(list(loaded.counts.values()), np.int64)
+        path = index_cache.cache_path(db.path, self.encoder.space, self.matcher.name)
+        try:
+            index_cache.save(path, self._index_key(), state)
+        except OSError as exc:
+            logger.warning("index not kept in %s (the next start builds it again): %s", path, exc)
+
+    def _restore_index(self, db: GateDB) -> bool:
+        """Read the kept index back, if there is one for this gallery; True when it was."""
+        if not hasattr(self.matcher, "restore"):
+            return False
+        path = index_cache.cache_path(db.path, self.encoder.space, self.matcher.name)
+        state = index_cache.load(path, self._index_key())
+        if state is None:
+            return False
+        try:
+            self.matcher.restore(state)
+        except Exception as exc:
+            logger.warning("index cache %s not usable, rebuilding: %s", path, exc)
+            return False
+        counts = dict(zip(state["people"].tolist(), state["counts"].tolist(), strict=True))
+        self._loaded = _Loaded(int(state["top"]), counts)
+        logger.info("index of %d templates read from %s", sum(counts.values()), path)
+        return True
 
     def refresh(self, db: GateDB) -> int:
         """Follow enrolments and removals made while gate runs; returns the templates held.
@@ -197,7 +253,7 @@ class Pipeline:
         loaded = self._loaded
         incremental = hasattr(self.matcher, "add") and hasattr(self.matcher, "remove")
         if loaded is None or not incremental:
-            return self.load_templates(db)
+            return self.load_templates(db, cached=False)
         space = self.encoder.space
         new, new_ids, top = db.load_template_rows(space, after=loaded.top)
         counts = db.template_counts(space)
@@ -208,7 +264,7 @@ class Pipeline:
         for person, n in zip(*np.unique(new_ids, return_counts=True), strict=True):
             expected[int(person)] = expected.get(int(person), 0) + int(n)
         if expected != counts:  # templates changed in place (re-encoded): start again
-            return self.load_templates(db)
+            return self.load_templates(db, cached=False)
         self._check_dim(new)
         for person in gone:
             self.matcher.remove(person)

@@ -19,7 +19,7 @@ from sqlite_utils import Database
 
 from gate.errors import StoreError
 from gate.policy.access import PersonInfo, Rule, Window, parse_clock
-from gate.storage import logchain
+from gate.storage import index_cache, logchain
 from gate.storage.events import AccessEvent, utc_iso
 from gate.storage.migrations import migrations
 
@@ -195,6 +195,7 @@ class GateDB:
                 self.db.execute("delete from people where id = ?", [person_id])
         except sqlite3.IntegrityError as exc:
             raise StoreError(f"cannot remove {name!r}: still referenced ({exc})") from None
+        index_cache.drop_all(self.path)  # it holds their embeddings too
         return count
 
     def count_events(self, person_id: int) -> int:
