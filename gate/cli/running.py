@@ -51,23 +51,52 @@ def echo_stats(stats, door: str | None = None) -> None:
 @click.option("--door", "doors", multiple=True, help="Only this door (repeat for several).")
 @click.option("--source", help="Camera index, RTSP/HTTP URL, video file or folder, for one door.")
 @click.option("--realtime", is_flag=True, help="Play video files at their own frame rate.")
+@click.option("--preview", is_flag=True, help="A live view of the doors on a local web page.")
+@click.option(
+    "--preview-port", type=click.IntRange(0, 65535), default=8089, show_default=True,
+    help="The live view's port (0: any free one).",
+)  # fmt: skip
+@click.option(
+    "--preview-bind", default="127.0.0.1", show_default=True,
+    help="The live view's address; anything but loopback shows faces to the network.",
+)  # fmt: skip
 @pass_app
-def run(app: App, doors: tuple[str, ...], source: str | None, realtime: bool) -> None:
+def run(
+    app: App,
+    doors: tuple[str, ...],
+    source: str | None,
+    realtime: bool,
+    preview: bool,
+    preview_port: int,
+    preview_bind: str,
+) -> None:
     """Watch the doors and decide, log and unlock, until their sources end or Ctrl-C.
 
     With no options, every enabled door that has a source (gate doors add):
     a door whose camera fails keeps trying while the others decide, and doors
     added, changed or removed meanwhile take effect within seconds. With
     --source, one door (--door, default "front") watches that source, which
-    must open. SIGTERM stops like Ctrl-C.
+    must open. SIGTERM stops like Ctrl-C. --preview serves a live view of every
+    door (faces, names, distances, decisions) on http://127.0.0.1:8089/.
     """
     from gate.runtime.doors import doors_for_run
     from gate.runtime.runner import Runner
 
     specs = doors_for_run(app.db, app.config, list(doors), source)
+    live = None
+    if preview:
+        from gate.runtime.preview import Preview
+
+        if preview_bind not in ("127.0.0.1", "localhost", "::1"):
+            click.echo(
+                f"warning: the live view listens on {preview_bind}: anyone who reaches it sees "
+                "the doors' faces and names",
+                err=True,
+            )
+        live = Preview(preview_bind, preview_port)
     runner = Runner(
         app.pipeline, app.db.path, specs, hook=app.pm.hook, realtime=realtime,
-        on_event=echo_event, site=source is None, only=doors,
+        on_event=echo_event, site=source is None, only=doors, preview=live,
     )  # fmt: skip
     terminated = []
 

@@ -60,7 +60,8 @@ class DoorRuntime:
     """What every door of a run shares: recognition, the database, the way out, the clock.
 
     ``encoder`` is the run's shared (batching) encoder; ``on_event`` hears of
-    every event after it is acted on.
+    every event after it is acted on; ``on_frame(door, image, recognitions, names,
+    events)`` sees every frame with its faces (the live view).
     """
 
     pipeline: Pipeline
@@ -69,6 +70,7 @@ class DoorRuntime:
     realtime: bool = False
     encoder: Encoder | None = None
     on_event: Callable[[AccessEvent], None] | None = None
+    on_frame: Callable[..., None] | None = None
 
 
 class DoorLoop:
@@ -168,7 +170,13 @@ class DoorLoop:
         outcomes = self.decider.observe(recognitions, frame.clock, frame.image)
         self.stats.frames += 1
         self.stats.latencies_ms.append((time.monotonic() - frame.captured_mono) * 1000.0)
-        return [self._act(outcome, frame) for outcome in outcomes]
+        events = [self._act(outcome, frame) for outcome in outcomes]
+        if self.runtime.on_frame is not None:
+            try:
+                self.runtime.on_frame(self.door.name, frame.image, recognitions, self.names, events)
+            except Exception:
+                logger.exception("the live view failed on a frame of %s", self.door.name)
+        return events
 
     def _judge(self, fused: np.ndarray, spread: float, views: list) -> tuple:
         return self.pipeline.judge(

@@ -1,15 +1,15 @@
 """``gate run``: every door at once, one loop (and capture thread) per door.
 
 Start-up is a sequence of named steps, each undone if a later one fails:
-open the sources, load the templates, start the actuators, record the doors
-(the first write), follow the fleet's authority (an edge), start the doors;
-then wait, and stop in reverse. The doors share the actuators, the matcher
-and one encoder, whose forward passes take the faces of all doors that arrive
-together. Commands from Home Assistant go through
-the same :class:`gate.actions.unlock.DoorActions` path as a face. Faults stay
-local: a site's door whose source fails keeps trying while the others decide,
-and doors added, changed or removed in the database meanwhile are started,
-restarted or stopped without touching the others.
+open the sources, load the templates, start the actuators and the live view
+(when asked), record the doors (the first write), follow the fleet's authority
+(an edge), start the doors; then wait, and stop in reverse. The doors share
+the actuators, the matcher and one encoder, whose forward passes take the
+faces of all doors that arrive together. Commands from Home Assistant go
+through the same :class:`gate.actions.unlock.DoorActions` path as a face.
+Faults stay local: a site's door whose source fails keeps trying while the
+others decide, and doors added, changed or removed in the database meanwhile
+are started, restarted or stopped without touching the others.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from gate.runtime.batching import SharedEncoder
 from gate.runtime.capture import Source, open_source
 from gate.runtime.doors import DoorSpec, spec_from_row
 from gate.runtime.loop import DoorLoop, DoorRuntime, RunStats
+from gate.runtime.preview import Preview
 from gate.storage.database import GateDB
 from gate.storage.events import AccessEvent
 from gate.storage.retention import keep_purging
@@ -62,6 +63,7 @@ class Runner:
         site: bool = False,
         only: tuple[str, ...] = (),
         messaging: Messaging | None = None,
+        preview: Preview | None = None,
     ):
         self.pipeline = pipeline
         self.db_path = Path(db_path)
@@ -70,7 +72,11 @@ class Runner:
         self.on_event = on_event
         self.keys_dir = keys_folder(pipeline.config, self.db_path)
         self.messaging = messaging or Messaging(pipeline.config, self.keys_dir)
-        self.runtime = DoorRuntime(pipeline, self.db_path, hook, realtime, on_event=self._echo)
+        self.preview = preview
+        self.runtime = DoorRuntime(
+            pipeline, self.db_path, hook, realtime, on_event=self._echo,
+            on_frame=preview.frame if preview is not None else None,
+        )  # fmt: skip
         self.loops: list[DoorLoop] = []
         self.reload_s = reload_s
         self.site = site
@@ -149,6 +155,15 @@ class Runner:
         for actuator in self.pipeline.actuators:
             actuator.start(setup)
 
+    def start_preview(self) -> None:
+        """The live view of the doors (``gate run --preview``), when asked for."""
+        if self.preview is None:
+            return
+        for door in self.doors:
+            self.preview.door(door.name)
+        url = self.preview.start()
+        logger.warning("live view of the doors: %s", url)
+
     def start_watchers(self) -> None:
         """Step 5: follow enrolments, door changes (a site) and retention while the run lasts."""
         threading.Thread(target=self._watch_roster, name="gate-roster", daemon=True).start()
@@ -205,7 +220,10 @@ class Runner:
         self.runtime.encoder.close()
 
     def stop_actuators(self) -> None:
-        """Close the actuators (a lock shown open is shown locked), then the MQTT connection."""
+        """Close the preview and the actuators (a lock shown open is shown locked), then the
+        MQTT connection."""
+        if self.preview is not None:
+            self.preview.stop()
         for actuator in self.pipeline.actuators:
             try:
                 actuator.close()
@@ -224,6 +242,7 @@ class Runner:
         try:
             self.load_templates()
             self.start_actuators()
+            self.start_preview()
             self.record_doors()  # the first write: nothing is written when a step before fails
         except BaseException:
             for source in sources.values():
