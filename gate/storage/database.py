@@ -271,9 +271,7 @@ class GateDB:
         vectors, ids, _ = self.load_template_rows(space)
         return vectors, ids
 
-    def load_template_rows(
-        self, space: str, after: int = 0
-    ) -> tuple[np.ndarray, np.ndarray, int]:
+    def load_template_rows(self, space: str, after: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
         """Templates of ``space`` with an id above ``after``: vectors, person ids, largest id.
 
         Read in one snapshot, straight into the arrays (a million in seconds).
