@@ -178,6 +178,10 @@ class MqttConfig(Section):
         return self
 
 
+#: the narrowest frame the face detector is given (``detect_width``)
+MIN_DETECT_WIDTH = 160
+
+
 class CaptureConfig(Section):
     """How frames are read from a source."""
 
@@ -190,6 +194,34 @@ class CaptureConfig(Section):
     stall_s: float = Field(
         10.0, gt=0, le=3600, description="A camera giving no frame this long is restarted."
     )
+    motion: bool = Field(
+        True,
+        description="Run the face detector only on frames that move, while a face track is "
+        "open, and every detect_every_s.",
+    )
+    motion_threshold: int = Field(
+        25, ge=1, le=255, description="Grey levels a pixel must change by to count as moving."
+    )
+    motion_min_area: float = Field(
+        0.005, gt=0, le=1, description="Share of the frame that must move to run the detector."
+    )
+    detect_every_s: float = Field(
+        1.0, gt=0, le=60, description="With motion gating, the detector still runs this often."
+    )
+    detect_width: int = Field(
+        0,
+        ge=0,
+        le=8192,
+        description="Width frames are shrunk to for the face detector (boxes scaled back); "
+        "0: full resolution.",
+    )
+
+    @field_validator("detect_width")
+    @classmethod
+    def _wide_enough(cls, width: int) -> int:
+        if 0 < width < MIN_DETECT_WIDTH:
+            raise ValueError(f"must be 0 (full resolution) or at least {MIN_DETECT_WIDTH}")
+        return width
 
 
 class SiteConfig(Section):

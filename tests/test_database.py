@@ -72,6 +72,8 @@ SCHEMA = {
             "cooldown_s": "REAL",
             "relock_s": "REAL",
             "enabled": "INTEGER NOT NULL DEFAULT 1",
+            "motion": "INTEGER",
+            "detect_width": "INTEGER",
         },
         "primary_key": ("name",),
         "indexes": {},
@@ -278,7 +280,14 @@ def test_migrations_apply_once_and_reopen_cleanly(tmp_path):
     applied = list(again.db.query("select name from _sqlite_migrations"))
     assert applied == [
         {"name": n}
-        for n in ("m001_initial", "m002_sites", "m003_open_set", "m004_log_chain", "m006_fleet")
+        for n in (
+            "m001_initial",
+            "m002_sites",
+            "m003_open_set",
+            "m004_log_chain",
+            "m005_door_detection",
+            "m006_fleet",
+        )
     ]
     assert [p["name"] for p in again.people()] == ["ada"]
 

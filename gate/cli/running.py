@@ -41,6 +41,11 @@ def echo_stats(stats, door: str | None = None) -> None:
         f"{label}{stats.frames} frames, {stats.granted} granted, {stats.denied} denied, "
         f"{stats.dropped} dropped; {timing}".rstrip("; ")
     )
+    if stats.skipped:
+        click.echo(
+            f"{label}face detection skipped on {stats.skipped} of {stats.frames} frames "
+            "(no motion, no face in view)"
+        )
     if stats.reopened:
         click.echo(f"{label}source reopened {stats.reopened} time(s) after it failed or stalled")
     if stats.error:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from gate.config import DecisionConfig, GateConfig
+from gate.config import MIN_DETECT_WIDTH, DecisionConfig, GateConfig
 from gate.errors import ConfigError, StoreError
 from gate.policy.access import DoorInfo
 from gate.storage.database import GateDB, check_name
@@ -37,6 +37,12 @@ class DoorSettings(BaseModel):
     window_frames: int | None = Field(None, ge=1, le=100, description="Views fused at most.")
     cooldown_s: float | None = Field(None, ge=0, le=3600, description="Seconds between grants.")
     relock_s: float | None = Field(None, gt=0, le=3600, description="Seconds it stays unlocked.")
+    motion: bool | None = Field(
+        None, description="Motion gating of the face detector here (true or false)."
+    )
+    detect_width: int | None = Field(
+        None, ge=0, le=8192, description="Width the face detector sees; 0: full resolution."
+    )
     enabled: bool = Field(True, description="Run it with gate run.")
 
     @field_validator("source")
@@ -45,6 +51,13 @@ class DoorSettings(BaseModel):
         if source is not None and not source.strip():
             raise ValueError("is empty: give a camera index, URL, file or folder")
         return source
+
+    @field_validator("detect_width")
+    @classmethod
+    def _wide_enough(cls, width: int | None) -> int | None:
+        if width is not None and 0 < width < MIN_DETECT_WIDTH:
+            raise ValueError(f"is too narrow: 0 (full resolution) or at least {MIN_DETECT_WIDTH}")
+        return width
 
     @classmethod
     def of_row(cls, row: dict) -> DoorSettings:
@@ -73,6 +86,8 @@ class DoorSpec:
     min_margin: float
     decision: DecisionConfig
     relock_s: float
+    motion: bool | None = None  # None: [capture] motion
+    detect_width: int | None = None  # None: [capture] detect_width
 
     @property
     def info(self) -> DoorInfo:
@@ -97,6 +112,8 @@ def spec_from_row(row: dict, config: GateConfig) -> DoorSpec:
         min_margin=config.recognition.min_margin if margin is None else margin,
         decision=decision,
         relock_s=decision.relock_s,
+        motion=own.motion,
+        detect_width=own.detect_width,
     )
 
 

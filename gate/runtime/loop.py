@@ -1,5 +1,9 @@
-"""The door loop, where a frame becomes a decision: capture -> detect -> encode -> match ->
-track -> decide -> liveness -> policy, then out through :class:`gate.actions.unlock.DoorActions`.
+"""The door loop, where a frame becomes a decision: capture -> motion gate -> detect -> encode ->
+match -> track -> decide -> liveness -> policy, then out through
+:class:`gate.actions.unlock.DoorActions`.
+
+The motion gate (:mod:`gate.runtime.motion`) lets the detector skip frames of an empty, still
+scene; the detector sees the frame shrunk to the door's ``detect_width`` when one is set.
 
 The runner prepares what every door shares (:class:`DoorRuntime`) in its own
 start-up steps; a loop only reads frames. A track the recognition would grant
@@ -25,13 +29,14 @@ from typing import Any
 import numpy as np
 
 from gate.actions.unlock import DoorActions
-from gate.components import Detector, Encoder
+from gate.components import Detector, Encoder, Face
 from gate.policy.access import AccessRequest, Verdict, builtin_policy
-from gate.recognition.images import encode_jpeg, face_region
+from gate.recognition.images import cv2, encode_jpeg, face_region
 from gate.recognition.pipeline import Pipeline
 from gate.runtime.capture import END, Capture, Frame, Source, open_source, supervised
 from gate.runtime.decisions import DoorDecider, Outcome
 from gate.runtime.doors import DoorSpec
+from gate.runtime.motion import DetectionGate
 from gate.storage.database import GateDB
 from gate.storage.events import AccessEvent, utc_iso
 
@@ -43,6 +48,7 @@ class RunStats:
     """What a run did: frames, drops, decisions and per-frame latency (ms)."""
 
     frames: int = 0
+    skipped: int = 0  # frames the face detector did not run on (no motion, no open track)
     dropped: int = 0
     reopened: int = 0  # the source reopened after it failed or stalled
     granted: int = 0
@@ -85,6 +91,9 @@ class DoorLoop:
         self.encoder = runtime.encoder or runtime.pipeline.encoder
         self.detector = detector or runtime.pipeline.detector
         self.decider = DoorDecider(door.decision, self._judge, crop=self._crop)
+        capture = self.config.capture
+        self.gate = DetectionGate(capture, door.motion)
+        self.detect_width = capture.detect_width if door.detect_width is None else door.detect_width
         self.db: GateDB | None = None
         self.actions: DoorActions | None = None
         self._last_frame: Frame | None = None
@@ -157,14 +166,18 @@ class DoorLoop:
             self.stats.error = capture.error
 
     def process(self, frame: Frame) -> list[AccessEvent]:
-        """Recognise, decide and act on one frame."""
-        recognitions = self.pipeline.recognise(
-            frame.image,
-            detector=self.detector,
-            encoder=self.encoder,
-            threshold=self.door.threshold,
-            min_margin=self.door.min_margin,
-        )
+        """Recognise, decide and act on one frame (detecting faces only when the gate says)."""
+        recognitions: list = []
+        if self.gate.wanted(frame.image, frame.clock, tracking=bool(self.decider.tracker.tracks)):
+            recognitions = self.pipeline.recognise(
+                frame.image,
+                detect_faces(self.detector, frame.image, self.detect_width),
+                encoder=self.encoder,
+                threshold=self.door.threshold,
+                min_margin=self.door.min_margin,
+            )
+        else:
+            self.stats.skipped += 1
         self._track_presence(bool(recognitions), frame.clock)
         self._last_frame = frame
         outcomes = self.decider.observe(recognitions, frame.clock, frame.image)
@@ -296,3 +309,14 @@ class DoorLoop:
             self.stats.denied += 1
         expires_at = frame.captured_at + self.door.decision.unlock_ttl_s
         return self.actions.decided(event, expires_at=expires_at, passage=passage)
+
+
+def detect_faces(detector: Detector, image: np.ndarray, width: int = 0) -> list[Face]:
+    """The faces in ``image``, found on a copy shrunk to ``width`` (0: as it is) when it is
+    wider; boxes and landmarks are in ``image``'s pixels."""
+    h, w = image.shape[:2]
+    if not width or w <= width:
+        return detector.detect(image)
+    cv = cv2()
+    small = cv.resize(image, (width, max(2, round(h * width / w))), interpolation=cv.INTER_AREA)
+    return [face.shifted(0.0, 0.0, w / width) for face in detector.detect(small)]

@@ -132,6 +132,13 @@ def m004_log_chain(db: Database) -> None:
         db["log_chain"].insert({"name": name, "event_id": last, "hash": "0" * 64, "purged": 0})
 
 
+@migrations()
+def m005_door_detection(db: Database) -> None:
+    """A door's own motion gating and detection width (None: the config's)."""
+    db["doors"].add_column("motion", int)
+    db["doors"].add_column("detect_width", int)
+
+
 #: a random UUID (version 4) in SQL, for the events logged before they had one
 _UUID4_SQL = (
     "lower(hex(randomblob(4)) || '-' || hex(randomblob(2)) || '-4' || "
