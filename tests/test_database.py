@@ -287,6 +287,7 @@ def test_migrations_apply_once_and_reopen_cleanly(tmp_path):
             "m004_log_chain",
             "m005_door_detection",
             "m006_fleet",
+            "m007_fleet_marks_by_index",
         )
     ]
     assert [p["name"] for p in again.people()] == ["ada"]

@@ -105,6 +105,8 @@ class Pipeline:
         self._loaded: _Loaded | None = None  # what the matcher holds of the database
         self._caps_lock = threading.Lock()
         self._caps_generation = 0
+        #: set once the look-alike caps of the gallery loaded last are in force
+        self.caps_ready = threading.Event()
 
     def build(self, kind: str, name: str) -> Component:
         """An instance of the ``kind`` called ``name`` with its options from the config."""
@@ -299,11 +301,13 @@ class Pipeline:
         with self._caps_lock:
             self._caps_generation += 1
             generation = self._caps_generation
+            self.caps_ready.clear()
         margin = self.config.recognition.min_margin
         if embeddings is not None and len(np.unique(person_ids)) <= EXACT_NEIGHBOURS_UP_TO:
             caps = look_alike_caps(embeddings, person_ids, margin)
             with self._caps_lock:
                 self._caps = caps
+                self.caps_ready.set()
             return
 
         def compute() -> None:
@@ -318,6 +322,7 @@ class Pipeline:
                 if generation != self._caps_generation:
                     return  # the gallery changed again meanwhile: a newer run sets them
                 self._caps = caps
+                self.caps_ready.set()
             logger.info(
                 "look-alike caps for %d people ready in %.1f s", len(caps),
                 time.monotonic() - started,

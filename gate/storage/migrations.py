@@ -192,3 +192,21 @@ def m006_fleet(db: Database) -> None:
             db.execute(
                 f"create trigger fleet_{table}_{change} after {change} on {table} begin {marks} end"
             )
+
+
+@migrations()
+def m007_fleet_marks_by_index(db: Database) -> None:
+    """The fleet's change marks compare keys as text, so that they use fleet_dirty's primary
+    key: an integer key beside a text column made every template written scan the table."""
+    for table, (kind, key) in _FLEET_OBJECTS.items():
+        for change, rows in (("insert", ["new"]), ("update", ["old", "new"]), ("delete", ["old"])):
+            marks = " ".join(
+                f"insert into fleet_dirty (kind, key) select '{kind}', "
+                f"cast({row}.{key} as text) where not exists (select 1 from fleet_dirty "
+                f"where kind = '{kind}' and key = cast({row}.{key} as text));"
+                for row in rows
+            )
+            db.execute(f"drop trigger if exists fleet_{table}_{change}")
+            db.execute(
+                f"create trigger fleet_{table}_{change} after {change} on {table} begin {marks} end"
+            )
