@@ -97,9 +97,9 @@ def doors_list(app: App, as_json: bool) -> None:
 
     def line(row: dict) -> str:
         extras = [
-            f"{k}={row[k]}"
+            f"{k}={('on' if row[k] else 'off') if k == 'motion' else row[k]}"
             for k in ("direction", "area", "threshold", "min_margin", "confirm_frames",
-                      "window_frames", "cooldown_s", "relock_s")
+                      "window_frames", "cooldown_s", "relock_s", "motion", "detect_width")
             if row[k] is not None
         ]  # fmt: skip
         state = "" if row["enabled"] else "  DISABLED"
