@@ -534,14 +534,7 @@ def check_threshold(config: GateConfig, pipeline: Any, store: Any) -> Check:
     accept = cal.acceptance.get("colour")
     genuine = cal.genuine.get("colour")
     r = config.recognition
-    data = {
-        "source": cal.source,
-        "stated_stranger_acceptance": cal.risk,
-        "fixed_threshold": r.threshold,
-        "people": cal.people,
-        "templates": cal.templates,
-        "conditions": cal.summary(),
-    }
+    data = cal.report(r.threshold)
     means = f"{colour:.3f} (colour) for {cal.people} people, {cal.templates} templates"
     if accept is not None:
         means += f": strangers named {100 * accept:.2g}%"

@@ -142,15 +142,7 @@ def calibrate(app: App, as_json: bool) -> None:
         for p, q, d in app.pipeline.look_alikes(app.db)
     ]
     r = app.config.recognition
-    data = {
-        "source": cal.source,
-        "stated_stranger_acceptance": cal.risk,
-        "fixed_threshold": r.threshold,
-        "people": cal.people,
-        "templates": cal.templates,
-        "conditions": cal.summary(),
-        "look_alikes": alike,
-    }
+    data = {**cal.report(r.threshold), "look_alikes": alike}
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return

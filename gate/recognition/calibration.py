@@ -212,6 +212,18 @@ class Calibration:
             return self.thresholds[condition]
         return min(self.thresholds.values())
 
+    def report(self, fixed_threshold: float | None) -> dict:
+        """What ``gate calibrate --json`` and ``gate doctor`` say of it (``fixed_threshold``:
+        ``[recognition] threshold``)."""
+        return {
+            "source": self.source,
+            "stated_stranger_acceptance": self.risk,
+            "fixed_threshold": fixed_threshold,
+            "people": self.people,
+            "templates": self.templates,
+            "conditions": self.summary(),
+        }
+
     def summary(self) -> list[dict]:
         """One row per condition, for ``gate calibrate`` and the logs."""
         return [
