@@ -318,7 +318,8 @@ class HomeAssistantActuator(Actuator):
         topics = door_topics(self.config, door)
         if event.get("person"):
             self.link.publish(topics["person"], str(event["person"]), qos=1, retain=True)
-        payload = {k: v for k, v in event.items() if k != "snapshot"}
+        # no snapshot, and no card number: a credential is for the panel, not the broker
+        payload = {k: v for k, v in event.items() if k not in ("snapshot", "credential")}
         self.link.publish(
             topics["decision"], json.dumps(payload, sort_keys=True), qos=1, retain=True
         )

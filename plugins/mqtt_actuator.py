@@ -77,7 +77,9 @@ class MqttActuator(Actuator):
         return self.link.publish_command(topic, payload, command.expires_at)
 
     def announce(self, event) -> None:
-        payload = json.dumps(event.public(), sort_keys=True)
+        fields = event.public()
+        fields.pop("credential", None)  # a card number is for the panel, not the broker
+        payload = json.dumps(fields, sort_keys=True)
         self.link.publish(self.link.topic(event.door, "event"), payload, qos=1)
 
     def availability(self, door: str, available: bool, why: str) -> None:

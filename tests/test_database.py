@@ -24,9 +24,13 @@ SCHEMA = {
             "enabled": "INTEGER NOT NULL DEFAULT 1",
             "valid_from": "TEXT",
             "valid_until": "TEXT",
+            "credential": "TEXT",
         },
         "primary_key": ("id",),
-        "indexes": {"idx_people_name": "UNIQUE (name)"},
+        "indexes": {
+            "idx_people_name": "UNIQUE (name)",
+            "idx_people_credential": "UNIQUE (credential)",
+        },
         "foreign_keys": {},
     },
     "templates": {
@@ -108,6 +112,7 @@ SCHEMA = {
             "uuid": "TEXT",
             "node": "TEXT",
             "acked_at": "TEXT",
+            "credential": "TEXT",
         },
         "primary_key": ("id",),
         "indexes": {
@@ -288,6 +293,7 @@ def test_migrations_apply_once_and_reopen_cleanly(tmp_path):
             "m005_door_detection",
             "m006_fleet",
             "m007_fleet_marks_by_index",
+            "m008_credentials",
         )
     ]
     assert [p["name"] for p in again.people()] == ["ada"]

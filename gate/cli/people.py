@@ -203,6 +203,8 @@ def people_list(app: App, as_json: bool) -> None:
             notes.append(f"from {row['valid_from']}")
         if row["valid_until"]:
             notes.append(f"until {row['valid_until']}")
+        if row.get("credential"):
+            notes.append(f"credential {row['credential']}")
         return f"{row['name']}\t" + "\t".join(notes)
 
     echo_rows(rows, as_json, "nobody is enrolled", line)
@@ -263,14 +265,33 @@ def parse_moment(text: str, zone, end_of_day: bool = False) -> str | None:
     return moment.isoformat()
 
 
+def parse_card(text: str) -> str | None:
+    """A credential as canonical text (``none`` clears); a bad one is a one-line error."""
+    from gate.actions.credentials import CredentialError, parse_credential
+
+    if text.strip().lower() in ("none", ""):
+        return None
+    try:
+        return str(parse_credential(text))
+    except CredentialError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--credential'") from None
+
+
 @people.command("set")
 @click.argument("name")
 @click.option("--enable/--disable", default=None, help="Let the person through at all.")
 @click.option("--valid-from", help="Date or date-time (site time zone); 'none' clears.")
 @click.option("--valid-until", help="Date (through its end) or date-time; 'none' clears.")
+@click.option(
+    "--credential",
+    metavar="TEXT",
+    help="The card an access panel is sent when NAME is granted: 26bit:FACILITY:CARD "
+    "(H10301), 37bit:FACILITY:CARD (H10304) or raw:BITS:NUMBER; 'none' clears.",
+)
 @pass_app
-def people_set(app: App, name: str, enable, valid_from, valid_until) -> None:
-    """Enable or disable NAME, or limit when their access is valid (visitors)."""
+def people_set(app: App, name: str, enable, valid_from, valid_until, credential) -> None:
+    """Enable or disable NAME, limit when their access is valid (visitors), or set the
+    credential an access panel is sent for them."""
     zone = app.config.site.zone()
     changes = {}
     if enable is not None:
@@ -279,8 +300,12 @@ def people_set(app: App, name: str, enable, valid_from, valid_until) -> None:
         changes["valid_from"] = parse_moment(valid_from, zone)
     if valid_until is not None:
         changes["valid_until"] = parse_moment(valid_until, zone, end_of_day=True)
+    if credential is not None:
+        changes["credential"] = parse_card(credential)
     if not changes:
-        raise click.UsageError("nothing to set: --enable/--disable, --valid-from, --valid-until")
+        raise click.UsageError(
+            "nothing to set: --enable/--disable, --valid-from, --valid-until, --credential"
+        )
     app.db.set_person(name, **changes)
     click.echo(f"{name}: " + ", ".join(f"{k} = {v}" for k, v in changes.items()))
 

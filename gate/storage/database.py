@@ -17,6 +17,7 @@ from uuid import uuid4
 import numpy as np
 from sqlite_utils import Database
 
+from gate.actions.credentials import CredentialError, parse_credential
 from gate.errors import StoreError
 from gate.policy.access import PersonInfo, Rule, Window, parse_clock
 from gate.storage import index_cache, logchain
@@ -154,10 +155,11 @@ class GateDB:
         return rows[0] if rows else None
 
     def people(self) -> list[dict[str, Any]]:
-        """Every person, by name: templates, enabled, validity and groups."""
+        """Every person, by name: templates, enabled, validity, credential and groups."""
         rows = list(
             self.db.query(
                 "select p.id, p.name, p.created_at, p.enabled, p.valid_from, p.valid_until, "
+                "p.credential, "
                 "(select count(*) from templates t where t.person_id = p.id) as templates, "
                 "(select group_concat(g.name, ',') from memberships m join groups g "
                 " on g.id = m.group_id where m.person_id = p.id) as groups "
@@ -358,15 +360,43 @@ class GateDB:
         return (*templates, *people)
 
     def set_person(self, name: str, **changes: Any) -> None:
-        """Change ``enabled``, ``valid_from`` or ``valid_until`` (ISO times; None clears)."""
+        """Change ``enabled``, ``valid_from``, ``valid_until`` (ISO times) or ``credential``
+        (text :func:`~gate.actions.credentials.parse_credential` reads, stored canonical;
+        one person's only); None clears."""
         person = self._existing(name)
-        unknown = set(changes) - {"enabled", "valid_from", "valid_until"}
+        unknown = set(changes) - {"enabled", "valid_from", "valid_until", "credential"}
         if unknown:
             raise StoreError(f"cannot set {', '.join(sorted(unknown))} on a person")
         if "enabled" in changes:
             changes["enabled"] = int(bool(changes["enabled"]))
-        if changes:
-            self.db["people"].update(person["id"], changes)
+        credential = changes.get("credential")
+        if credential is not None:
+            try:
+                changes["credential"] = credential = str(parse_credential(str(credential)))
+            except CredentialError as exc:
+                raise StoreError(str(exc)) from None
+        if not changes:
+            return
+        try:
+            with self._write():
+                if credential is not None:
+                    holder = self.db.execute(
+                        "select name from people where credential = ? and id != ?",
+                        [credential, person["id"]],
+                    ).fetchone()
+                    if holder is not None:
+                        raise StoreError(f"credential {credential} already belongs to {holder[0]}")
+                columns = ", ".join(f"{key} = ?" for key in changes)  # the names checked above
+                self.db.execute(
+                    f"update people set {columns} where id = ?", [*changes.values(), person["id"]]
+                )
+        except sqlite3.IntegrityError as exc:  # a writer that skipped the check above
+            raise StoreError(f"cannot change {name!r}: {exc}") from None
+
+    def credential(self, person_id: int) -> str | None:
+        """The person's panel credential as canonical text; None when they have none."""
+        row = self.db.execute("select credential from people where id = ?", [person_id]).fetchone()
+        return None if row is None else row[0]
 
     def person_info(self, person_id: int) -> PersonInfo | None:
         """What the access policy needs to know of a person."""

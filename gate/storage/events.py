@@ -57,6 +57,7 @@ class AccessEvent:
     frames: int | None = None
     threshold: float | None = None
     quality: float | None = None
+    credential: str | None = None  # the panel credential presented for it, if any
     id: int | None = None
 
     def public(self) -> dict[str, Any]:

@@ -57,6 +57,7 @@ COVERED: dict[str, type] = {
     "frames": int,
     "threshold": float,
     "quality": float,
+    "credential": str,
     "snapshot_sha256": str,
 }
 

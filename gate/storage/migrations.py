@@ -210,3 +210,12 @@ def m007_fleet_marks_by_index(db: Database) -> None:
             db.execute(
                 f"create trigger fleet_{table}_{change} after {change} on {table} begin {marks} end"
             )
+
+
+@migrations()
+def m008_credentials(db: Database) -> None:
+    """A person's panel credential (gate.actions.credentials, canonical text; one person's
+    only), and the credential gate presented to a panel for an event."""
+    db["people"].add_column("credential", str)
+    db["people"].create_index(["credential"], unique=True)  # many NULLs are allowed
+    db["events"].add_column("credential", str)
