@@ -30,6 +30,7 @@ from gate.storage.events import AccessEvent, Decision
 
 if TYPE_CHECKING:
     from gate.config import GateConfig
+    from gate.doctor import Check
     from gate.messaging.mqtt import MqttLink
     from gate.recognition.calibration import ImpostorModel
     from gate.runtime.doors import DoorSpec
@@ -117,7 +118,10 @@ class DoorCommand:
     """An order to a door controller (``unlock`` or ``lock``), valid until ``expires_at``.
 
     Times are epoch seconds. ``reason`` says why (``granted``, ``manual``,
-    ``remote``); ``actor`` who asked when it was not a face.
+    ``remote``); ``actor`` who asked when it was not a face. ``credential`` is
+    the person's card credential (``26bit:12:34567``; see
+    :mod:`gate.actions.credentials`) when an actuator presents one to a panel;
+    it is never part of the JSON that controllers receive.
     """
 
     door: str
@@ -130,6 +134,7 @@ class DoorCommand:
     reason: str = "granted"
     action: Action = "unlock"
     actor: str | None = None
+    credential: str | None = None
 
     def for_event(self, event_id: int | None) -> DoorCommand:
         """This command carrying the id of the event it acts on."""
@@ -142,6 +147,7 @@ class DoorCommand:
     def to_json(self) -> str:
         """The command as the JSON payload controllers receive."""
         data = asdict(self)
+        del data["credential"]
         if data["distance"] is not None:
             data["distance"] = round(data["distance"], 4)
         return json.dumps(data, sort_keys=True)
@@ -256,6 +262,7 @@ class ActuatorSetup:
     mqtt: Callable[[], MqttLink]
     remote: RemoteCommands | None = None
     one_off: bool = False
+    show: Callable[[str, str], None] = lambda door, text: None
 
 
 class Actuator(Component):
@@ -263,13 +270,19 @@ class Actuator(Component):
 
     #: whether :meth:`send` really delivers (counts towards an event's ``delivered``)
     delivers: ClassVar[bool] = True
+    #: whether it presents the person's credential (card number) to a panel: grants then
+    #: carry it in :attr:`DoorCommand.credential` and the event logs it
+    presents_credentials: ClassVar[bool] = False
 
     def start(self, setup: ActuatorSetup) -> None:
         """Connect and take what the run gives (:class:`ActuatorSetup`); before the first frame."""
 
     @abstractmethod
-    def send(self, command: DoorCommand) -> bool:
-        """Send ``command`` (unlock or lock); True only when delivery is confirmed in time."""
+    def send(self, command: DoorCommand) -> bool | None:
+        """Send ``command`` (unlock or lock); True only when delivery is confirmed in time.
+
+        None when the door is not one this actuator serves (it does not count
+        towards the event's ``delivered``)."""
 
     def announce(self, event: AccessEvent) -> None:
         """Publish a decision (granted or denied) for observers."""
@@ -283,6 +296,11 @@ class Actuator(Component):
     def doors_changed(self, doors: list[DoorSpec]) -> None:
         """The run's doors after doors were added, changed, disabled or removed while gate
         runs."""
+
+    def diagnose(self, setup: ActuatorSetup, timeout: float) -> list[Check]:
+        """``gate doctor``'s lines for what this actuator reaches (links, devices), each
+        within ``timeout`` seconds; without :meth:`start`. Most have nothing of their own."""
+        return []
 
 
 def __getattr__(name: str) -> Any:

@@ -572,6 +572,32 @@ def check_threshold(config: GateConfig, pipeline: Any, store: Any) -> Check:
     return Check("threshold", "ok", detail, data=data)
 
 
+def check_actuators(
+    config: GateConfig, pipeline: Any, keys_dir: Path, timeout: float
+) -> list[Check]:
+    """What each actuator checks of its own (:meth:`gate.components.Actuator.diagnose`): an OSDP
+    reader's wire and panel, say. MQTT, when one asks for it, is a doctor client of its own."""
+    from gate.components import ActuatorSetup
+    from gate.messaging.connection import Messaging
+
+    messaging = Messaging(config, keys_dir, embedded_broker=False, client="doctor-actuators")
+    setup = ActuatorSetup(config, (), keys_dir, messaging.link, one_off=True)
+    checks: list[Check] = []
+    try:
+        for name in config.pipeline.actuators:
+            try:
+                actuator = pipeline.build("actuator", name)
+            except GateError as exc:
+                checks.append(Check(f"actuator {name}", "fail", str(exc), "gate plugins"))
+                continue
+            checks += bounded(
+                f"actuator {name}", timeout + 5, lambda a=actuator: a.diagnose(setup, timeout)
+            )
+    finally:
+        messaging.close()
+    return checks
+
+
 def _started(pipeline: Any) -> list[Check]:
     """Build the face detector: no line when it starts, a failed one when it does not."""
     try:
@@ -638,6 +664,7 @@ def run_checks(
         checks += bounded(
             "threshold", LOAD_TIMEOUT_S, lambda: [check_threshold(config, pipeline, store)]
         )
+        checks += check_actuators(config, pipeline, keys_dir, timeout)
     finally:
         if store is not None:
             store.close()

@@ -35,6 +35,7 @@ BUILTIN_PLUGINS = (
     "gate_plugins.mqtt_actuator",
     "gate_plugins.log_actuator",
     "gate_plugins.homeassistant",
+    "gate_plugins.osdp_reader",
     "gate_plugins.rules",
     "gate_plugins.liveness",
     "gate_plugins.training",

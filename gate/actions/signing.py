@@ -31,6 +31,8 @@ SIG_HEAD = b',"sig":"'
 #: bytes a signature adds to the canonical JSON: ``,"sig":"`` + 64 hex + ``"}``
 SIG_TAIL = len(SIG_HEAD) + 64 + 2
 KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
+#: an OSDP Secure Channel Base Key: 16 bytes as 32 hex characters
+SCBK_PATTERN = re.compile(r"[0-9a-f]{32}")
 _HEX64 = re.compile(rb"[0-9a-f]{64}")
 
 logger = logging.getLogger("gate.keys")
@@ -91,7 +93,7 @@ def next_sequence(last: int) -> int:
     return max(last + 1, int(time.time()))
 
 
-def read_key(path: Path) -> str:
+def read_key(path: Path, pattern: re.Pattern = KEY_PATTERN) -> str:
     """A key file's key; refused when others may read the file or it holds no key."""
     try:
         mode = path.stat().st_mode
@@ -105,8 +107,9 @@ def read_key(path: Path) -> str:
             f"{path}: others may read this key (mode {mode & 0o777:o}); chmod 600 it, "
             "and rotate the key if it may have leaked"
         )
-    if not KEY_PATTERN.fullmatch(text):
-        raise KeyStoreError(f"{path}: not a gate key (64 lower-case hex characters)")
+    if not pattern.fullmatch(text):
+        size = pattern.pattern.rsplit("{", 1)[1].rstrip("}")
+        raise KeyStoreError(f"{path}: not a gate key ({size} lower-case hex characters)")
     return text
 
 
@@ -159,6 +162,34 @@ class KeyStore:
     def path(self, door: str) -> Path:
         """The key file of ``door``."""
         return self.folder / f"{self._stem(door)}.key"
+
+    def scbk_path(self, door: str) -> Path:
+        """The OSDP Secure Channel Base Key file of ``door``."""
+        return self.folder / f"{self._stem(door)}.scbk"
+
+    def scbk(self, door: str, *, create: bool = False) -> bytes:
+        """``door``'s OSDP Secure Channel Base Key; with ``create``, a new one when it has none."""
+        path = self.scbk_path(door)
+        if create and not path.exists():
+            with self._locked():
+                if not path.exists():
+                    self._write(path, secrets.token_hex(16))
+        if not path.exists():
+            raise KeyStoreError(
+                f"door {door!r} has no OSDP secure channel key ({path}): gate doors key "
+                f"{door} --osdp makes one to enter in the panel, or gate osdp install {door} "
+                "takes the panel's"
+            )
+        return bytes.fromhex(read_key(path, SCBK_PATTERN))
+
+    def set_scbk(self, door: str, key: bytes | None = None) -> bytes:
+        """Keep ``key`` (a new random one when None) as ``door``'s Secure Channel Base Key."""
+        key = secrets.token_bytes(16) if key is None else key
+        if len(key) != 16:
+            raise KeyStoreError(f"an OSDP secure channel key has 16 bytes, not {len(key)}")
+        with self._locked():
+            self._write(self.scbk_path(door), key.hex())
+        return key
 
     def _seq_path(self, door: str) -> Path:
         return self.folder / f"{self._stem(door)}.seq"

@@ -34,12 +34,12 @@ def deliver(actuators: Sequence[Actuator], command: DoorCommand) -> bool | None:
             ok = False
         else:
             try:
-                ok = bool(actuator.send(command))
+                ok = actuator.send(command)
             except Exception:
                 logger.exception("actuator %s failed to send", actuator.name)
                 ok = False
-        if actuator.delivers:
-            results.append(ok)
+        if actuator.delivers and ok is not None:  # None: not a door this actuator serves
+            results.append(bool(ok))
     return all(results) if results else None
 
 
@@ -88,8 +88,15 @@ class DoorActions:
         passage (``(area, direction)``) recorded; then announced."""
         command = None
         if event.decision == "granted":
+            event.credential = self._credential(event.person_id)
             command = self._command(event, "unlock", expires_at)
         return self._carry(event, command, passage)
+
+    def _credential(self, person_id: int | None) -> str | None:
+        """The person's card credential, when an actuator presents credentials to a panel."""
+        if person_id is None or not any(a.presents_credentials for a in self.actuators):
+            return None
+        return self.db.credential(person_id)
 
     def command(
         self,
@@ -140,6 +147,7 @@ class DoorActions:
             reason=event.reason,
             action=action,
             actor=event.actor,
+            credential=event.credential,
         )
 
     def _carry(

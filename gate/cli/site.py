@@ -229,22 +229,32 @@ def key_store(app: App):
 @doors.command("key")
 @click.argument("name")
 @click.option("--rotate", is_flag=True, help="Make a new key; the old one stops working.")
+@click.option(
+    "--osdp", is_flag=True, help="The OSDP secure channel key (SCBK) for the door's panel."
+)
 @pass_app
-def doors_key(app: App, name: str, rotate: bool) -> None:
+def doors_key(app: App, name: str, rotate: bool, osdp: bool) -> None:
     """Show door NAME's signing key (made on first use), or make a new one.
 
     Put the key on the door's controller: it must refuse any command whose
-    signature does not match (see docs/security.md).
+    signature does not match (see docs/security.md). With --osdp, the door's
+    OSDP Secure Channel Base Key instead: enter it for the reader in the
+    access-control panel (see docs/osdp.md).
     """
     if app.db.door(name) is None:
         raise click.ClickException(f"no door called {name!r}")
     store = key_store(app)
-    key = store.rotate(name) if rotate else store.key(name, create=True)
+    if osdp:
+        key = (store.set_scbk(name) if rotate else store.scbk(name, create=True)).hex()
+        where, holder = store.scbk_path(name), "the reader's entry in the panel"
+    else:
+        key = store.rotate(name) if rotate else store.key(name, create=True)
+        where, holder = store.path(name), "the door's controller"
     click.echo(key)
     state = "new key" if rotate else "key"
-    click.echo(f"{state} of door {name} in {store.path(name)} (owner-only)", err=True)
+    click.echo(f"{state} of door {name} in {where} (owner-only)", err=True)
     if rotate:
-        click.echo("put it on the door's controller: until then, it refuses gate", err=True)
+        click.echo(f"put it in {holder}: until then, it refuses gate", err=True)
 
 
 @cli.group()

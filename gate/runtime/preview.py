@@ -46,6 +46,7 @@ class _Door:
     drawn_at: float = float("-inf")
     decision: str = ""
     decided_at: float = float("-inf")
+    reader: str = ""
     updated: threading.Condition = field(default_factory=threading.Condition)
 
 
@@ -162,6 +163,10 @@ class Preview:
                 state.jpeg = data.tobytes()
                 state.updated.notify_all()
 
+    def reader(self, door: str, text: str) -> None:
+        """A line shown under ``door`` (an actuator's news: what a panel asked of its reader)."""
+        self.door(door).reader = text
+
     def watched(self) -> None:
         self._watched_at = time.monotonic()
 
@@ -169,7 +174,8 @@ class Preview:
         with self._lock:
             doors = dict(self._doors)
         return {
-            name: {"frames": door.frames, "decision": door.decision} for name, door in doors.items()
+            name: {"frames": door.frames, "decision": door.decision, "reader": door.reader}
+            for name, door in doors.items()
         }
 
 
@@ -241,7 +247,7 @@ def _page(preview: Preview) -> str:
     cards = "\n".join(
         f'<figure data-door="{html.escape(d)}"><img alt="door {html.escape(d)}">'
         f'<figcaption>{html.escape(d)}: <span class="frames">0</span> frames, '
-        f'<span class="decision"></span></figcaption></figure>'
+        f'<span class="decision"></span><br><span class="reader"></span></figcaption></figure>'
         for d in doors
     )
     return f"""<!doctype html>
@@ -258,6 +264,7 @@ async function tick() {{
       if (!door) continue;
       fig.querySelector(".frames").textContent = door.frames;
       fig.querySelector(".decision").textContent = door.decision;
+      fig.querySelector(".reader").textContent = door.reader;
       fig.querySelector("img").src = "/door/" + encodeURIComponent(fig.dataset.door)
         + ".jpg?n=" + door.frames;
     }}

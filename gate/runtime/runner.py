@@ -151,6 +151,7 @@ class Runner:
             keys_dir=self.keys_dir,
             mqtt=self.messaging.link,
             remote=self,
+            show=self.preview.reader if self.preview is not None else ActuatorSetup.show,
         )
         for actuator in self.pipeline.actuators:
             actuator.start(setup)
