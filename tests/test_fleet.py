@@ -27,7 +27,7 @@ import pytest
 
 from gate.config import parse_config
 from gate.fleet import replica
-from gate.fleet.authority import Authority
+from gate.fleet.authority import Authority, event_from
 from gate.fleet.edge import Edge
 from gate.fleet.messages import Refused, Signer, Topics, Verifier, ensure_authority_key
 from gate.storage.database import GateDB, Template
@@ -243,6 +243,78 @@ def test_the_collector_stores_each_event_once_in_its_chained_log(tmp_path):
     assert collector.verify_log().ok
     edge.close()
     collector.close()
+
+
+CARD = "26bit:12:34567"
+
+
+def test_an_edges_event_reaches_the_authority_with_its_credential(served, tmp_path):
+    """The card an edge presented to its panel is stored, chained, by the collector too."""
+    from click.testing import CliRunner
+
+    from gate.cli import cli
+
+    edge, edge_db = an_edge(tmp_path, served.public)
+    edge_db.add_event(
+        AccessEvent(utc_iso(time.time()), "front", "denied", "unknown", credential=CARD)
+    )
+    edge.step(edge_db)  # forwards it, on the edge's wire
+    sent = [(t, p) for t, p, _ in edge.link.published if t == "gate/fleet/events/e1"]
+    assert len(sent) == 1 and json.loads(sent[0][1])["event"]["credential"] == CARD
+    served.authority.inbox.put(sent[0])
+    served.step()
+    [event] = served.db.events(node="e1")
+    assert event.credential == CARD
+    assert served.db.verify_log().ok
+    (tmp_path / "gate.toml").write_text("")
+    verified = CliRunner().invoke(
+        cli, ["--config", str(tmp_path / "gate.toml"), "--db", str(served.db.path), "log", "verify"]
+    )
+    assert verified.exit_code == 0 and "log intact" in verified.output, verified.output
+    fields = json.loads(sent[0][1])["event"]
+    assert event_from({**fields, "credential": None}).credential is None
+    for bad in (34567, ["26bit", 12, 34567], {"card": CARD}, True):
+        with pytest.raises(ValueError, match="bad credential"):
+            event_from({**fields, "credential": bad})
+    edge_db.close()
+
+
+def test_an_edge_applying_people_out_of_order_passes_a_card_on(served, tmp_path):
+    """Ada had the card, then Bob got it: Bob's new version may come before Ada's."""
+    db = served.db
+    db.enroll("ada", [template(1)])
+    db.enroll("bob", [template(2)])
+    db.set_person("ada", credential=CARD)
+    served.step()
+    opened = Verifier(served.public).open
+    first = {k: opened(p, "object") for k, p in served.wire.retained().items() if "/person/" in k}
+    db.set_person("ada", credential=None)
+    db.set_person("bob", credential=CARD)
+    served.step()
+    then = {k: opened(p, "object") for k, p in served.wire.retained().items() if "/person/" in k}
+    ada, bob = "gate/fleet/person/1", "gate/fleet/person/2"
+    edge = GateDB(tmp_path / "edge.db")
+
+    def apply(message) -> dict[str, str | None]:
+        with edge.transaction():
+            replica.apply(edge.db, "person", message["key"], message["data"])
+        return {p["name"]: p["credential"] for p in edge.people()}
+
+    assert apply(first[ada]) == {"ada": CARD}
+    assert apply(first[bob]) == {"ada": CARD, "bob": None}
+    assert apply(then[bob]) == {"ada": None, "bob": CARD}  # ada's card cleared for now
+    assert apply(then[ada]) == {"ada": None, "bob": CARD}  # her own change: still none
+    assert {p["name"]: p["credential"] for p in db.people()} == {"ada": None, "bob": CARD}
+    # the card back to ada, bob a new one: ada's version first takes it from bob here
+    db.set_person("bob", credential="26bit:1:2")
+    db.set_person("ada", credential=CARD)
+    served.step()
+    back = {k: opened(p, "object") for k, p in served.wire.retained().items() if "/person/" in k}
+    assert apply(back[ada]) == {"ada": CARD, "bob": None}
+    assert apply(back[bob]) == {"ada": CARD, "bob": "26bit:1:2"}
+    with pytest.raises(sqlite3.IntegrityError, match=r"people\.credential"):  # the index stays
+        edge.db.execute("update people set credential = ? where name = 'bob'", [CARD])
+    edge.close()
 
 
 @pytest.mark.parametrize(

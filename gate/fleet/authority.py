@@ -39,7 +39,7 @@ HEAD_WAIT_S = 1.5
 #: objects turned into versions per transaction (doors logging meanwhile wait no longer)
 BATCH = 500
 
-_TEXT = ("time", "door", "decision", "reason", "person", "actor", "note")
+_TEXT = ("time", "door", "decision", "reason", "person", "actor", "note", "credential")
 _INTEGER = ("person_id", "track", "frames")
 _NUMBER = ("distance", "margin", "latency_ms", "threshold", "quality")
 

@@ -7,7 +7,10 @@ its settings. Ids are the authority's: an edge stores each object under the
 same id, so a rename changes one row and the events edges forward name the
 authority's people. Objects may reach an edge in any order: a group that a
 person or a rule names before the group itself arrives is kept as a
-placeholder until it does (and not at all when it was removed).
+placeholder until it does (and not at all when it was removed); a person
+whose name or panel credential another holds here for now takes it, the other
+parked under a placeholder name or left without a credential until its own
+change comes.
 
 ``fleet_objects`` holds each object's version (a tombstone's digest is null):
 on the authority with the signed message, on an edge as applied. The
@@ -201,6 +204,7 @@ def _apply_person(db: Database, ident: int, data: dict[str, Any] | None) -> None
         raise ValueError("a person's templates and groups must be lists")
     row = _fit(db, "people", {**data, "id": ident})
     _park(db, "people", row.get("name"), ident)
+    _pass_card(db, row.get("credential"), ident)
     db["people"].upsert(row, pk="id")
     db.execute("delete from templates where person_id = ?", [ident])
     for template in templates:
@@ -228,6 +232,16 @@ def _park(db: Database, table: str, name: Any, ident: int) -> None:
     if name is not None:
         db.execute(
             f"update {table} set name = ? || id where name = ? and id != ?", [PARKED, name, ident]
+        )
+
+
+def _pass_card(db: Database, credential: Any, ident: int) -> None:
+    """Clear the panel credential of whoever else holds ``credential`` here (the card went
+    from them to this person): their own change, coming later, says what theirs is now."""
+    if credential is not None:
+        db.execute(
+            "update people set credential = null where credential = ? and id != ?",
+            [credential, ident],
         )
 
 
