@@ -436,3 +436,69 @@ def test_doors_key_osdp_makes_a_private_key(tmp_path):
     path = tmp_path / "keys" / "front.scbk"
     assert os.stat(path).st_mode & 0o777 == 0o600
     assert KeyStore(tmp_path / "keys").scbk("front").hex() == rotated.stdout.strip()
+
+
+def test_gate_run_presents_the_granted_faces_card_to_the_panel(pm, tmp_path, pty, closing):
+    """The demo clip through the real loop: obama's grant reaches the panel as his card,
+    biden (granted, no credential) and the two strangers send nothing."""
+    from gate.demo import sample_path
+    from gate.recognition.enrollment import enroll
+    from gate.recognition.pipeline import Pipeline
+    from gate.runtime.doors import doors_for_run
+    from gate.runtime.runner import Runner
+    from gate.storage.database import GateDB
+
+    end = pty()
+    closing(panel := Panel(end))
+    config = parse_config(
+        {
+            "pipeline": {"actuators": ["osdp"]},
+            "actuators": {"osdp": {"doors": {"front": {"channel": end.path, "address": ADDRESS}}}},
+        }
+    )
+    pipeline = Pipeline(config, pm.registry)
+    db = GateDB(tmp_path / "gate.db")
+    for person in ("obama", "biden"):
+        assert enroll(db, pipeline, person, [sample_path("people", person, f"{person}.jpg")]).stored
+    db.set_person("obama", credential="26bit:12:34567")
+    KeyStore(tmp_path / "keys").set_scbk("front", TEST_KEY)
+    doors = doors_for_run(db, config, ["front"], str(sample_path("door.mp4")))
+    Runner(pipeline, db.path, doors, hook=pm.hook).run()
+    pipeline.close()
+
+    events = {e.person or e.reason: e for e in db.events()}
+    db.close()
+    assert events["obama"].decision == "granted" and events["obama"].delivered is True
+    assert events["obama"].credential == "26bit:12:34567"
+    assert events["biden"].decision == "granted" and events["biden"].delivered is False
+    assert events["biden"].credential is None
+    assert events["unknown"].decision == "denied"
+    reads = panel.card_reads(0.5)
+    assert [card_bits(r) for r in reads] == [parse_credential("26bit:12:34567").wiegand()]
+
+
+def test_gate_doctor_reports_a_running_gates_link_from_mqtt(pm, tmp_path, pty, closing, mosquitto):
+    """While gate run holds the wire, gate doctor reads the link state it keeps on MQTT."""
+    from gate.doctor import check_actuators
+    from gate.messaging.connection import Messaging
+    from gate.recognition.pipeline import Pipeline
+
+    end = pty()
+    config = parse_config(
+        {
+            "mqtt": {"host": "127.0.0.1", "port": mosquitto.port},
+            "pipeline": {"actuators": ["osdp"]},
+            "actuators": {"osdp": {"doors": {"front": {"channel": end.path, "address": ADDRESS}}}},
+        }
+    )
+    messaging = Messaging(config, tmp_path / "keys")
+    closing(messaging)
+    closing(panel := Panel(end))
+    closing(start_reader(tmp_path, end.path, mqtt=messaging.link))
+    assert panel.secure()
+    assert messaging.link().wait_ready(5)
+    time.sleep(1.0)  # the state, retained
+    (check,) = check_actuators(config, Pipeline(config, pm.registry), tmp_path / "keys", 5.0)
+    assert check.name == "osdp front" and check.status == "ok", check.line()
+    assert "held by the running gate" in check.detail
+    assert "secure channel active" in check.detail

@@ -28,7 +28,7 @@ def test_builtins_supply_the_default_components(pm):
     assert registry.names("detector") == ["dlib-hog", "yunet"]
     assert registry.names("encoder") == ["dlib", "dlib-torch"]
     assert registry.names("matcher") == ["faiss", "nearest"]
-    assert registry.names("actuator") == ["homeassistant", "log", "mqtt"]
+    assert registry.names("actuator") == ["homeassistant", "log", "mqtt", "osdp"]
     assert registry.get("detector", "yunet").plugin == "gate_plugins.yunet"
     assert set(BUILTIN_PLUGINS) <= set(pm.infos)
 
