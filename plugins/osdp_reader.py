@@ -116,6 +116,7 @@ class OsdpReader(Actuator):
         self.links: dict[str, ReaderLink] = {}
         self._setup: ActuatorSetup | None = None
         self._shown: dict[str, list[str]] = {}
+        self._following = False
 
     # start and stop -------------------------------------------------------------------
 
@@ -126,19 +127,19 @@ class OsdpReader(Actuator):
         if setup.one_off:
             return  # the running gate holds the wires
         keys = KeyStore(setup.keys_dir)
-        for door in setup.doors:
-            settings = self.options.doors.get(door.name)
-            if settings is not None:
-                self._open(door.name, settings, keys)
-        if self.links:
-            try:  # the links' states again after every (re)connection to the broker
-                setup.mqtt().on_connected(self._republish)
-            except Exception as exc:
-                logger.debug("OSDP link states not published: %s", exc)
+        try:
+            for door in setup.doors:
+                settings = self.options.doors.get(door.name)
+                if settings is not None:
+                    self._open(door.name, settings, keys)
+        except ComponentError:
+            self.close()
+            raise
         deadline = time.monotonic() + self.options.start_wait_s
         for link in self.links.values():
             link.wait(lambda s, lk=link: lk.usable(), max(0.0, deadline - time.monotonic()))
-            link.report(link.now())  # each door's link as gate starts, in the log
+            if link.now() != link.state:  # each door's link as gate starts, in the log
+                link.report(link.now())
 
     def _open(self, door: str, settings: DoorLink, keys: KeyStore) -> None:
         from gate_plugins.osdp_link import ReaderLink, Wire
@@ -146,8 +147,7 @@ class OsdpReader(Actuator):
         try:
             scbk = keys.scbk(door, create=not settings.secure_channel)
         except KeyStoreError as exc:
-            self.close()
-            raise ComponentError(f"door {door}: {exc}") from None
+            raise ComponentError(str(exc)) from None
         if not settings.secure_channel:
             logger.warning(
                 "door %s: OSDP WITHOUT SECURE CHANNEL ([actuators.osdp.doors.%s] secure_channel "
@@ -169,9 +169,14 @@ class OsdpReader(Actuator):
         try:
             link.start()
         except OSError as exc:
-            self.close()
             raise ComponentError(f"door {door}: {exc}") from None
         self.links[door] = link
+        if not self._following:
+            self._following = True
+            try:  # the links' states again after every (re)connection to the broker
+                self._setup.mqtt().on_connected(self._republish)
+            except Exception as exc:
+                logger.debug("OSDP link states not published: %s", exc)
         logger.info(
             "door %s: OSDP reader at address %d on %s%s: waiting for the panel",
             door,
@@ -181,10 +186,29 @@ class OsdpReader(Actuator):
         )
 
     def close(self) -> None:
-        for door, link in list(self.links.items()):
-            link.close()
-            self._publish_state(door, None)
-        self.links.clear()
+        for door in list(self.links):
+            self._drop(door)
+
+    def _drop(self, door: str) -> None:
+        self.links.pop(door).close()
+        self._publish_state(door, None)
+
+    def doors_changed(self, doors: list) -> None:
+        """Readers for doors added while gate runs; removed or disabled doors' readers stop."""
+        if self._setup is None or self._setup.one_off:
+            return
+        names = {door.name for door in doors}
+        for door in set(self.links) - names:
+            self._drop(door)
+        keys = KeyStore(self._setup.keys_dir)
+        for door in sorted(names - set(self.links)):
+            settings = self.options.doors.get(door)
+            if settings is None:
+                continue
+            try:
+                self._open(door, settings, keys)
+            except ComponentError as exc:
+                logger.error("door %s: no OSDP reader: %s", door, exc)
 
     # what gate decided ----------------------------------------------------------------
 

@@ -502,3 +502,21 @@ def test_gate_doctor_reports_a_running_gates_link_from_mqtt(pm, tmp_path, pty, c
     assert check.name == "osdp front" and check.status == "ok", check.line()
     assert "held by the running gate" in check.detail
     assert "secure channel active" in check.detail
+
+
+def test_doors_removed_and_added_while_gate_runs(tmp_path, pty, closing):
+    end = pty()
+    closing(panel := Panel(end))
+    closing(reader := start_reader(tmp_path, end.path))
+    assert panel.secure()
+    reader.doors_changed([])  # the door removed (or disabled): its reader lets go of the wire
+    assert reader.links == {}
+    assert reader.send(grant("obama", "26bit:12:34567")) is None
+    panel.close()
+
+    closing(panel := Panel(end))
+    reader.doors_changed([SimpleNamespace(name="front"), SimpleNamespace(name="side")])
+    assert list(reader.links) == ["front"]  # side has no wire in [actuators.osdp.doors]
+    assert steady_session(reader.links["front"], panel)
+    assert reader.send(grant("obama", "26bit:12:34567")) is True
+    assert len(panel.card_reads(1.0)) == 1
