@@ -228,6 +228,36 @@ def subscribe():
 
 
 @pytest.fixture
+def gate(tmp_path, monkeypatch):
+    """``gate(*args, code=0)``: the ``gate`` command on a database of ada and bob (one made-up
+    template each), without any config file; returns what it printed (never a traceback)."""
+    import numpy as np
+    from click.testing import CliRunner
+
+    from gate.cli import cli
+    from gate.storage.database import GateDB, Template
+
+    monkeypatch.delenv("GATE_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    db_path = tmp_path / "gate.db"
+    store = GateDB(db_path)
+    for name in ("ada", "bob"):
+        vector = np.full(128, len(name), np.float32)
+        store.enroll(name, [Template(vector, "e", "1", "s", name, "x.jpg", 100, 100)])
+    store.close()
+    runner = CliRunner()
+
+    def run(*args: str, code: int = 0) -> str:
+        result = runner.invoke(cli, ["--db", str(db_path), *args], catch_exceptions=False)
+        assert result.exit_code == code, result.output
+        assert "Traceback" not in result.output
+        return result.output
+
+    run.db_path = db_path
+    return run
+
+
+@pytest.fixture
 def pm():
     """A fresh plugin manager with the built-ins only."""
     from gate.plugins import make_plugin_manager

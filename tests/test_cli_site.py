@@ -6,34 +6,8 @@ import csv
 import io
 import json
 
-import numpy as np
-import pytest
-from click.testing import CliRunner
-
-from gate.cli import cli
-from gate.storage.database import GateDB, Template
+from gate.storage.database import GateDB
 from gate.storage.events import AccessEvent, utc_iso
-
-
-@pytest.fixture
-def gate(tmp_path, monkeypatch):
-    monkeypatch.delenv("GATE_CONFIG", raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    db_path = tmp_path / "gate.db"
-    store = GateDB(db_path)
-    for name in ("ada", "bob"):
-        vector = np.full(128, len(name), np.float32)
-        store.enroll(name, [Template(vector, "e", "1", "s", name, "x.jpg", 100, 100)])
-    store.close()
-    runner = CliRunner()
-
-    def run(*args: str, code: int = 0) -> str:
-        result = runner.invoke(cli, ["--db", str(db_path), *args], catch_exceptions=False)
-        assert result.exit_code == code, result.output
-        return result.output
-
-    run.db_path = db_path
-    return run
 
 
 def test_doors_add_list_set_and_validation(gate):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sqlite3
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -13,7 +12,6 @@ from gate.actions.credentials import Credential, CredentialError, parse_credenti
 from gate.cli import cli
 from gate.errors import GateError, StoreError
 from gate.storage import logchain
-from gate.storage.database import GateDB, Template
 from gate.storage.events import AccessEvent, utc_iso
 
 
@@ -255,28 +253,6 @@ def test_an_event_without_a_credential_hashes_as_before_the_field_existed(db, mo
 
 
 # --- the CLI ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def gate(tmp_path, monkeypatch):
-    monkeypatch.delenv("GATE_CONFIG", raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    db_path = tmp_path / "gate.db"
-    store = GateDB(db_path)
-    for name in ("ada", "bob"):
-        vector = np.full(128, len(name), np.float32)
-        store.enroll(name, [Template(vector, "e", "1", "s", name, "x.jpg", 100, 100)])
-    store.close()
-    runner = CliRunner()
-
-    def run(*args: str, code: int = 0) -> str:
-        result = runner.invoke(cli, ["--db", str(db_path), *args], catch_exceptions=False)
-        assert result.exit_code == code, result.output
-        assert "Traceback" not in result.output
-        return result.output
-
-    run.db_path = db_path
-    return run
 
 
 def listed(gate) -> dict[str, str | None]:
