@@ -101,25 +101,44 @@ def code_of(frame: bytes) -> int:
 class Acks:
     """Whether the panel took the reader's last card read or keys, by OSDP's sequence numbers:
     the panel's next command with the next number acknowledges the reply; the same number
-    asks for it again; anything else (0: the panel started over) means it was lost."""
+    asks for it again; anything else (0: the panel started over) means it was lost.
+
+    A reply given up on (:meth:`withdraw`) is never repeated: asked for again with its number
+    after gate stopped waiting, the reader stays silent rather than send the read late."""
 
     def __init__(self):
         self.done = threading.Event()
         self.taken: bool | None = None
         self._seq: int | None = None
+        self._withdrawn: int | None = None
 
     def expect(self) -> None:
-        self._seq, self.taken = None, None
+        self._seq, self.taken, self._withdrawn = None, None, None
         self.done.clear()
+
+    def withdraw(self) -> None:
+        if self.taken is None:
+            self._withdrawn = self._seq
 
     def sent(self, frame: bytes) -> None:
         if code_of(frame) in (REPLY_RAW, REPLY_KEYPAD) and self.taken is None:
             self._seq = frame[4] & CTRL_SQN
 
+    def withheld(self, frame: bytes) -> bool:
+        """Whether ``frame`` repeats a withdrawn reply (and must not go out)."""
+        return (
+            self._withdrawn is not None
+            and code_of(frame) in (REPLY_RAW, REPLY_KEYPAD)
+            and frame[4] & CTRL_SQN == self._withdrawn
+        )
+
     def heard(self, frame: bytes) -> None:
-        if self._seq is None or self.taken is not None or frame[4] & CTRL_SQN == self._seq:
+        number = frame[4] & CTRL_SQN
+        if self._withdrawn is not None and number != self._withdrawn:
+            self._withdrawn = None  # the panel moved on
+        if self._seq is None or self.taken is not None or number == self._seq:
             return
-        self.taken = frame[4] & CTRL_SQN == self._seq % 3 + 1
+        self.taken = number == self._seq % 3 + 1
         self.done.set()
 
 
@@ -182,7 +201,10 @@ class Wire(Channel):
         if not self._ready():
             return 0
         self._said += buf
-        for frame in frames(self._said):
+        replies = frames(self._said)
+        if any(self.acks.withheld(frame) for frame in replies):
+            return len(buf)  # a withdrawn card read, asked for again: silence, never late
+        for frame in replies:
             self.acks.sent(frame)
         try:
             if self._fd is not None:
@@ -490,6 +512,7 @@ class ReaderLink:
                 return True, ""
             with self.pd.lock:  # never sent late: what the panel did not take is dropped
                 self.pd.ctx.flush_events()
+                self.wire.acks.withdraw()
             if acked:
                 return False, "the panel did not acknowledge it (lost on the wire)"
             if sent:

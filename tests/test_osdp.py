@@ -520,3 +520,51 @@ def test_doors_removed_and_added_while_gate_runs(tmp_path, pty, closing):
     assert steady_session(reader.links["front"], panel)
     assert reader.send(grant("obama", "26bit:12:34567")) is True
     assert len(panel.card_reads(1.0)) == 1
+
+
+def packet(address: int, sqn: int, code: int, data: bytes = b"") -> bytes:
+    """An OSDP packet in clear with a CRC, as the reader or the panel writes one."""
+    from gate_plugins.osdp_link import CTRL_CRC, SOM, crc16
+
+    body = bytes([SOM, address, 0, 0, sqn | CTRL_CRC, code]) + data
+    size = len(body) + 2
+    body = body[:2] + bytes([size & 0xFF, size >> 8]) + body[4:]
+    check = crc16(body)
+    return body + bytes([check & 0xFF, check >> 8])
+
+
+def test_a_withdrawn_card_read_is_never_repeated_late(pty):
+    """A panel that asks again, with the same sequence number, for a card read gate gave up
+    on gets silence; once it moves on, the reader speaks again."""
+    from gate_plugins.osdp_link import REPLY_RAW, Wire
+
+    end = pty()
+    wire = Wire(end.path)
+    wire.address = ADDRESS
+    poll = 0x60
+    card = packet(ADDRESS | 0x80, 2, REPLY_RAW, bytes([0, 1, 26, 0]) + bytes(4))
+
+    def heard_by_panel() -> bytes:
+        time.sleep(0.1)
+        try:
+            return os.read(end.fd, 4096)
+        except BlockingIOError:
+            return b""
+
+    try:
+        wire.acks.expect()
+        assert wire.write(card) == len(card)
+        assert heard_by_panel() == card  # sent once, not acknowledged: gate gives up
+        wire.acks.withdraw()
+        os.write(end.fd, packet(ADDRESS, 2, poll))  # the panel asks again, same number
+        assert wire.read(1024)
+        assert wire.write(card) == len(card)  # libosdp repeats its last reply ...
+        assert heard_by_panel() == b""  # ... and it never reaches the panel
+        os.write(end.fd, packet(ADDRESS, 0, poll))  # the panel starts over
+        assert wire.read(1024)
+        ack = packet(ADDRESS | 0x80, 0, 0x40)
+        assert wire.write(ack) == len(ack)
+        assert heard_by_panel() == ack
+        assert wire.acks.taken is False  # and the withdrawn read counts as lost, as gate logged it
+    finally:
+        wire.close()
