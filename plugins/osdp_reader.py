@@ -389,6 +389,10 @@ class OsdpReader(Actuator):
         where = f"{settings.channel} address {settings.address}"
         data = {"channel": settings.channel, "address": settings.address}
         wire = Wire(settings.channel, settings.baud)
+        if wire.kind == "tcp":  # a converter may take a second client: ask a running gate first
+            running = self._running_state(door, where, setup, data)
+            if running is not None:
+                return running
         try:
             wire.listen()
             if wire.kind == "serial":
@@ -398,7 +402,14 @@ class OsdpReader(Actuator):
             wire.close()
             busy = exc.errno in (errno.EBUSY, errno.EADDRINUSE) or "in use" in str(exc)
             if busy:
-                return self._running_state(door, where, setup, data)
+                return self._running_state(door, where, setup, data) or Check(
+                    f"osdp {door}",
+                    "warn",
+                    f"{where}: in use by another process, and no running gate reports this "
+                    "reader's link on MQTT",
+                    "stop what holds the device, or see gate run's log",
+                    data,
+                )
             return Check(
                 f"osdp {door}",
                 "fail",
@@ -430,6 +441,7 @@ class OsdpReader(Actuator):
         return Check(f"osdp {door}", "fail", f"{where}: {says} within {wait:g} s", fix, data)
 
     def _running_state(self, door: str, where: str, setup: ActuatorSetup, data: dict):
+        """The link as a running gate reports it on MQTT; None when no running gate does."""
         import threading
 
         from gate.doctor import Check
@@ -452,14 +464,7 @@ class OsdpReader(Actuator):
         except Exception as exc:
             logger.debug("reading the reader's state: %s", exc)
         if not seen or not seen[-1].get("running"):
-            return Check(
-                f"osdp {door}",
-                "warn",
-                f"{where}: in use by another process, and no "
-                "running gate reports this reader's link on MQTT",
-                "stop what holds the device, or see gate run's log",
-                data,
-            )
+            return None
         state = seen[-1]
         at = time.strftime("%H:%M:%S", time.localtime(state.get("time", 0)))
         good = state.get("online") and (state.get("secure") or not state.get("secure_required"))
