@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test,browse]'
+	# a second OSDP control panel for the interop test; its module is also called osdp
+	$(BIN)/pip install --quiet --upgrade --target $(VENV)/osdp-python osdp==1.6 pycryptodome pyserial
 	touch $(STAMP)
 
 # The tests talk to a real mosquitto broker; install Debian's when missing and we may.

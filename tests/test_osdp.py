@@ -568,3 +568,69 @@ def test_a_withdrawn_card_read_is_never_repeated_late(pty):
         assert wire.acks.taken is False  # and the withdrawn read counts as lost, as gate logged it
     finally:
         wire.close()
+
+
+INTEROP = Path(__file__).resolve().parents[1] / ".venv" / "osdp-python"
+
+
+def interop_panel(port: int, master_key: bytes, seconds: float):
+    """The pure-Python ``osdp`` package's control panel (tests/interop_panel.py), running."""
+    import subprocess
+    import sys
+
+    if not (INTEROP / "osdp" / "_control_panel.py").exists():
+        pytest.skip(f"the second OSDP panel is not installed in {INTEROP} (make test does it)")
+    script = Path(__file__).with_name("interop_panel.py")
+    args = [sys.executable, str(script), str(port), str(ADDRESS), master_key.hex(), str(seconds)]
+    env = dict(os.environ, PYTHONPATH=str(INTEROP))
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, text=True)
+
+
+def test_an_independent_panel_installs_its_key_and_takes_the_card(tmp_path, closing):
+    """Another implementation of the protocol on the panel's side (pure Python, its own AES
+    and key diversification): install mode hands gate its key, then a Secure Channel with
+    that key carries the card read, bit for bit."""
+    from gate.cli import make_cli
+    from gate.plugins import make_plugin_manager
+
+    port = free_port()
+    config = tmp_path / "gate.toml"
+    config.write_text(
+        f'[pipeline]\nactuators = ["osdp"]\n[actuators.osdp.doors.front]\n'
+        f'channel = "tcp-listen://127.0.0.1:{port}"\naddress = {ADDRESS}\n'
+    )
+    args = ["--config", str(config), "--db", str(tmp_path / "gate.db")]
+    gate = make_cli(make_plugin_manager())
+    runner = CliRunner()
+    assert runner.invoke(gate, [*args, "doors", "add", "front", "--source", "0"]).exit_code == 0
+    master = bytes(range(0x40, 0x50))
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(
+        runner.invoke(gate, [*args, "osdp", "install", "front", "--timeout", "15"])))  # fmt: skip
+    thread.start()
+    time.sleep(0.5)
+    panel = interop_panel(port, master, 6.0)
+    thread.join(30)
+    panel.kill()
+    said = [json.loads(line) for line in panel.communicate()[0].splitlines()]
+    assert result and result[0].exit_code == 0, result and result[0].output
+    assert {"secure": True, "scbk_d": True} in said  # install mode: the well-known key
+    key = KeyStore(tmp_path / "keys").scbk("front")
+    assert key != bytes(16) and len(key) == 16
+
+    closing(reader := start_reader(tmp_path, f"tcp-listen://127.0.0.1:{port}", key=None,
+                                   start_wait_s=0))  # fmt: skip
+    panel = interop_panel(port, master, 8.0)
+    try:
+        assert reader.links["front"].wait(lambda s: s.secure, 6.0), reader.links["front"].now()
+        time.sleep(0.5)
+        assert reader.send(grant("obama", "26bit:12:34567")) is True
+        assert reader.send(grant("biden", "37bit:1234:56789")) is True
+    finally:
+        out = panel.communicate(timeout=20)[0]
+    said = [json.loads(line) for line in out.splitlines()]
+    assert {"secure": True, "scbk_d": False} in said  # the panel's own key, from install
+    cards = [s["card"] for s in said if "card" in s]
+    expected = [parse_credential(c).wiegand() for c in ("26bit:12:34567", "37bit:1234:56789")]
+    assert [(c["bits"], bytes.fromhex(c["data"])) for c in cards] == expected
+    assert {c["format"] for c in cards} == {"Wiegand"}
