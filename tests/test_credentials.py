@@ -12,6 +12,7 @@ from gate.actions.credentials import Credential, CredentialError, parse_credenti
 from gate.cli import cli
 from gate.errors import GateError, StoreError
 from gate.storage import logchain
+from gate.storage.database import GateDB
 from gate.storage.events import AccessEvent, utc_iso
 
 
@@ -336,3 +337,17 @@ def test_the_home_assistant_decision_carries_no_card_number():
     decision = json.loads(published["gate/front/decision"])
     assert decision["person"] == "ada" and "credential" not in decision
     assert "34567" not in published["gate/front/decision"]
+
+
+def test_gate_log_shows_the_card_presented(gate):
+    """The credential a panel was given is in gate log's line, its CSV and its JSON."""
+    store = GateDB(gate.db_path)
+    store.add_event(AccessEvent(time=utc_iso(1.0e9), door="front", decision="granted",
+                                reason="granted", person="ada", person_id=1, distance=0.3,
+                                delivered=True, credential="26bit:12:34567"))  # fmt: skip
+    store.close()
+    assert "delivered  card 26bit:12:34567" in gate("log", "--since", "2000-01-01")
+    rows = gate("log", "--since", "2000-01-01", "--csv").splitlines()
+    assert "credential" in rows[0].split(",") and "26bit:12:34567" in rows[1]
+    (row,) = json.loads(gate("log", "--since", "2000-01-01", "--json"))
+    assert row["credential"] == "26bit:12:34567"

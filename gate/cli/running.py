@@ -26,9 +26,10 @@ def echo_event(event, node: str | None = None) -> None:
     distance = "-" if event.distance is None else f"{event.distance:.3f}"
     delivered = {True: "delivered", False: "NOT delivered", None: ""}[event.delivered]
     where = "" if node is None else f"{node:<12} "
+    card = f"  card {event.credential}" if event.credential else ""
     click.echo(
         f"{event.time}  {where}{event.door:<10} {event.decision:<7} {event.reason:<13} "
-        f"{who:<20} distance {distance}  {delivered}".rstrip()
+        f"{who:<20} distance {distance}  {delivered}{card}".rstrip()
     )
 
 
@@ -167,7 +168,7 @@ def parse_when(text: str | None) -> str | None:
 
 LOG_FIELDS = [
     "id", "time", "node", "door", "decision", "reason", "person", "person_id",
-    "distance", "margin", "latency_ms", "delivered", "actor", "note",
+    "distance", "margin", "latency_ms", "delivered", "credential", "actor", "note",
 ]  # fmt: skip
 
 
