@@ -358,26 +358,35 @@ def test_panel_commands_are_logged_published_and_shown(tmp_path, pty, closing, m
     assert json.loads(last[-1][0])["running"] is False
 
 
-def test_install_takes_the_panels_key_and_runs_with_it(tmp_path, pty, closing):
+def install_in_background(
+    tmp_path: Path, channel: str, timeout: float
+) -> tuple[threading.Thread, list]:
+    """``gate osdp install front`` on a site whose door ``front`` reads ``channel``, started in
+    a thread; the list gets its click result."""
     from gate.cli import make_cli
     from gate.plugins import make_plugin_manager
 
-    end = pty()
     config = tmp_path / "gate.toml"
     config.write_text(
         f'[pipeline]\nactuators = ["osdp"]\n[actuators.osdp.doors.front]\n'
-        f'channel = "{end.path}"\naddress = {ADDRESS}\n'
+        f'channel = "{channel}"\naddress = {ADDRESS}\n'
     )
     args = ["--config", str(config), "--db", str(tmp_path / "gate.db")]
     gate = make_cli(make_plugin_manager())
     runner = CliRunner()
     assert runner.invoke(gate, [*args, "doors", "add", "front", "--source", "0"]).exit_code == 0
-    panel_key = bytes(range(100, 116))
     result: list = []
-    thread = threading.Thread(target=lambda: result.append(
-        runner.invoke(gate, [*args, "osdp", "install", "front", "--timeout", "20"])))  # fmt: skip
+    install = [*args, "osdp", "install", "front", "--timeout", str(timeout)]
+    thread = threading.Thread(target=lambda: result.append(runner.invoke(gate, install)))
     thread.start()
     time.sleep(0.5)
+    return thread, result
+
+
+def test_install_takes_the_panels_key_and_runs_with_it(tmp_path, pty, closing):
+    end = pty()
+    thread, result = install_in_background(tmp_path, end.path, 20)
+    panel_key = bytes(range(100, 116))
     # a panel adding a new reader: it tries its key, then the install key (SCBK-D), then sets
     # its own with KEYSET inside that secure channel
     closing(panel := Panel(end, key=panel_key, secure=False))
@@ -590,25 +599,9 @@ def test_an_independent_panel_installs_its_key_and_takes_the_card(tmp_path, clos
     """Another implementation of the protocol on the panel's side (pure Python, its own AES
     and key diversification): install mode hands gate its key, then a Secure Channel with
     that key carries the card read, bit for bit."""
-    from gate.cli import make_cli
-    from gate.plugins import make_plugin_manager
-
     port = free_port()
-    config = tmp_path / "gate.toml"
-    config.write_text(
-        f'[pipeline]\nactuators = ["osdp"]\n[actuators.osdp.doors.front]\n'
-        f'channel = "tcp-listen://127.0.0.1:{port}"\naddress = {ADDRESS}\n'
-    )
-    args = ["--config", str(config), "--db", str(tmp_path / "gate.db")]
-    gate = make_cli(make_plugin_manager())
-    runner = CliRunner()
-    assert runner.invoke(gate, [*args, "doors", "add", "front", "--source", "0"]).exit_code == 0
+    thread, result = install_in_background(tmp_path, f"tcp-listen://127.0.0.1:{port}", 15)
     master = bytes(range(0x40, 0x50))
-    result: list = []
-    thread = threading.Thread(target=lambda: result.append(
-        runner.invoke(gate, [*args, "osdp", "install", "front", "--timeout", "15"])))  # fmt: skip
-    thread.start()
-    time.sleep(0.5)
     panel = interop_panel(port, master, 6.0)
     thread.join(30)
     panel.kill()
