@@ -20,6 +20,7 @@ import termios
 import threading
 import time
 import tty
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ from osdp import (
     LibFlag,
     LogLevel,
     PDCapabilities,
+    PdId,
     PDInfo,
     PeripheralDevice,
 )
@@ -422,7 +424,12 @@ class ReaderLink:
                 (Capability.CommunicationSecurity, 1, 1),
             ]
         )
-        info = PDInfo(address, wire, scbk=None if install else scbk, flags=flags, name=door)
+        # what the panel's reader list shows: no vendor code of gate's own (OUI 0), a serial
+        # number of the door's name, so that each door's reader tells itself apart
+        ident = PdId(1, 1, 0, zlib.crc32(door.encode()), 1)
+        info = PDInfo(
+            address, wire, scbk=None if install else scbk, flags=flags, name=door, id=ident
+        )
         self.pd = PeripheralDevice(
             info, caps, log_level=LogLevel.Debug if verbose else LogLevel.Error
         )

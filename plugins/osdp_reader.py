@@ -302,8 +302,8 @@ class OsdpReader(Actuator):
         if kind == "text":
             fields["text"] = command.get("data", "")
         payload = {"door": door, "kind": kind, "says": words, "time": time.time(), **fields}
-        self._publish(door, "osdp/command", payload, retain=False)
         self._show(door, 1, f"panel: {words}")
+        self._publish(door, "osdp/command", payload, retain=False)
         return True
 
     def _state(self, door: str, state: LinkState) -> None:
@@ -313,8 +313,8 @@ class OsdpReader(Actuator):
             logger.warning("door %s: OSDP reader ready: %s", door, words)
         else:
             logger.error("door %s: OSDP LINK DOWN: %s; the panel gets no card reads", door, words)
-        self._publish_state(door, state)
         self._show(door, 0, f"OSDP: {words}")
+        self._publish_state(door, state)
 
     def _republish(self) -> None:
         for door, link in list(self.links.items()):

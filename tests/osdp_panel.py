@@ -38,6 +38,12 @@ class Tap:
     _out: bytearray = field(default_factory=bytearray)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def reset(self) -> None:
+        """Forget partial frames (a new panel starts on the wire)."""
+        with self.lock:
+            self._in.clear()
+            self._out.clear()
+
     def incoming(self, data: bytes) -> bytes:
         """Bytes from the reader, as the panel will read them."""
         if not data:
@@ -97,6 +103,13 @@ class PtyEnd(Channel):
 
     def flush(self) -> None:
         pass
+
+    def drain(self) -> None:
+        """Drop what the reader said to the panel before this one, and partial frames."""
+        with contextlib.suppress(OSError):
+            while os.read(self.fd, 4096):
+                pass
+        self.tap.reset()
 
     def close(self) -> None:
         for fd in (self.fd, self._slave):
@@ -168,6 +181,8 @@ class Panel:
 
     def __init__(self, channel: Channel, key: bytes | None = TEST_KEY, secure: bool = True):
         flags = [LibFlag.EnforceSecure] if secure else []
+        if hasattr(channel, "drain"):
+            channel.drain()
         self.channel = channel
         self.cp = ControlPanel(
             [PDInfo(ADDRESS, channel, scbk=key, flags=flags)], log_level=LogLevel.Emergency

@@ -265,8 +265,8 @@ def test_the_link_goes_down_and_comes_back(tmp_path, closing, caplog):
     assert link.wait(lambda s: s.problem is not None, 5.0)
     assert not link.usable()
     assert reader.send(grant("obama", "26bit:12:34567")) is False  # during the outage
-    time.sleep(1.0)
-    assert "OSDP LINK DOWN: no link: waiting for the panel to connect" in caplog.text
+    down = "OSDP LINK DOWN: no link: waiting for the panel to connect"
+    assert Panel._until(lambda: down in caplog.text, 5.0), caplog.text
 
     panel.close()  # libosdp's panel, once it has lost a session, waits 300 s: a panel
     # started again stands for one that comes back sooner, as real panels do
