@@ -33,6 +33,14 @@ def _messaging(app: App, client: str):
     return Messaging(app.config, keys, embedded_broker=False, client=client)
 
 
+def _linked(app: App, messaging):
+    """``messaging``'s MQTT link once connected; a one-line error when the broker is not."""
+    link = messaging.link()
+    if not link.wait_ready(app.config.mqtt.connect_wait_s):
+        raise click.ClickException(link.problem or "MQTT broker not reachable")
+    return link
+
+
 @cli.group()
 def fleet() -> None:
     """A fleet on one broker: the authority publishes, edges follow and forward their logs."""
@@ -111,9 +119,7 @@ def fleet_sync(app: App, timeout: float) -> None:
     _role(app, "edge")
     messaging = _messaging(app, "fleet-sync")
     try:
-        link = messaging.link()
-        if not link.wait_ready(app.config.mqtt.connect_wait_s):
-            raise click.ClickException(link.problem or "MQTT broker not reachable")
+        link = _linked(app, messaging)
         edge = Edge(app.config, app.db.path, link)
         done = edge.sync(app.db, timeout)
         pending = app.db.outbox_size()
@@ -153,10 +159,7 @@ def fleet_status(app: App, as_json: bool) -> None:
     _role(app, "authority")
     messaging = _messaging(app, "cli")
     try:
-        link = messaging.link()
-        if not link.wait_ready(app.config.mqtt.connect_wait_s):
-            raise click.ClickException(link.problem or "MQTT broker not reachable")
-        nodes = read_statuses(link, Topics(app.config.fleet.topic_prefix))
+        nodes = read_statuses(_linked(app, messaging), Topics(app.config.fleet.topic_prefix))
     finally:
         messaging.close()
     head = replica.newest_version(app.db.db)
