@@ -31,8 +31,6 @@ SIG_HEAD = b',"sig":"'
 #: bytes a signature adds to the canonical JSON: ``,"sig":"`` + 64 hex + ``"}``
 SIG_TAIL = len(SIG_HEAD) + 64 + 2
 KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
-#: an OSDP Secure Channel Base Key: 16 bytes as 32 hex characters
-SCBK_PATTERN = re.compile(r"[0-9a-f]{32}")
 _HEX64 = re.compile(rb"[0-9a-f]{64}")
 
 logger = logging.getLogger("gate.keys")
@@ -93,7 +91,7 @@ def next_sequence(last: int) -> int:
     return max(last + 1, int(time.time()))
 
 
-def read_key(path: Path, pattern: re.Pattern = KEY_PATTERN) -> str:
+def read_key(path: Path, chars: int = 64) -> str:
     """A key file's key; refused when others may read the file or it holds no key."""
     try:
         mode = path.stat().st_mode
@@ -107,9 +105,8 @@ def read_key(path: Path, pattern: re.Pattern = KEY_PATTERN) -> str:
             f"{path}: others may read this key (mode {mode & 0o777:o}); chmod 600 it, "
             "and rotate the key if it may have leaked"
         )
-    if not pattern.fullmatch(text):
-        size = pattern.pattern.rsplit("{", 1)[1].rstrip("}")
-        raise KeyStoreError(f"{path}: not a gate key ({size} lower-case hex characters)")
+    if not re.fullmatch(f"[0-9a-f]{{{chars}}}", text):
+        raise KeyStoreError(f"{path}: not a gate key ({chars} lower-case hex characters)")
     return text
 
 
@@ -171,16 +168,14 @@ class KeyStore:
         """``door``'s OSDP Secure Channel Base Key; with ``create``, a new one when it has none."""
         path = self.scbk_path(door)
         if create and not path.exists():
-            with self._locked():
-                if not path.exists():
-                    self._write(path, secrets.token_hex(16))
+            self._made(path, secrets.token_hex(16))
         if not path.exists():
             raise KeyStoreError(
                 f"door {door!r} has no OSDP secure channel key ({path}): gate doors key "
                 f"{door} --osdp makes one to enter in the panel, or gate osdp install {door} "
                 "takes the panel's"
             )
-        return bytes.fromhex(read_key(path, SCBK_PATTERN))
+        return bytes.fromhex(read_key(path, chars=32))
 
     def set_scbk(self, door: str, key: bytes | None = None) -> bytes:
         """Keep ``key`` (a new random one when None) as ``door``'s Secure Channel Base Key."""
@@ -223,14 +218,21 @@ class KeyStore:
         if not path.exists():
             if not create:
                 raise KeyStoreError(f"door {door!r} has no key yet ({path}): gate doors key {door}")
-            with self._locked():
-                if not path.exists():
-                    self._write(path, new_key())
-                    logger.warning(
-                        "door %s had no key: made one in %s; its controller needs it "
-                        "(gate doors key %s)", door, path, door,
-                    )  # fmt: skip
+            if self._made(path, new_key()):
+                logger.warning(
+                    "door %s had no key: made one in %s; its controller needs it "
+                    "(gate doors key %s)", door, path, door,
+                )  # fmt: skip
         return read_key(path)
+
+    def _made(self, path: Path, key: str) -> bool:
+        """Write ``key`` to ``path`` unless a key is there (under the folder's lock); whether
+        it did."""
+        with self._locked():
+            if path.exists():
+                return False
+            self._write(path, key)
+            return True
 
     def rotate(self, door: str) -> str:
         """Give ``door`` a new key; commands signed with the old one fail from now on."""
