@@ -240,6 +240,14 @@ class Wire(Channel):
         server.setblocking(False)
         self._server = server
 
+    def try_open(self) -> None:
+        """Bind a listening channel, or open a serial one and close it again: raises why not
+        (``gate doctor``; a TCP connection is only tried by the reader itself)."""
+        self.listen()
+        if self.kind == "serial":
+            self._open()
+            self.close_stream()
+
     def _ready(self) -> bool:
         if self._server is not None:
             self._accept()  # a panel that reconnects replaces its old connection

@@ -394,10 +394,7 @@ class OsdpReader(Actuator):
             if running is not None:
                 return running
         try:
-            wire.listen()
-            if wire.kind == "serial":
-                wire._open()
-                wire.close_stream()
+            wire.try_open()
         except OSError as exc:
             wire.close()
             busy = exc.errno in (errno.EBUSY, errno.EADDRINUSE) or "in use" in str(exc)
